@@ -1,0 +1,44 @@
+# make demo   build, then route a throwaway namespace through the appliance and run iperf3 across it
+# make test   everything CI runs: lint, unit tests (-race), integration tests (root, real namespaces)
+# make bench  the benchmark table (docs/benchmarks.md) and Go benchmarks
+
+SHELL   := /bin/bash
+GO      ?= go
+BIN     := bin/appliance
+export PATH := $(PATH):/usr/local/go/bin
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: all build demo test unit integration lint bench deps clean
+
+all: build
+
+build:
+	$(GO) generate ./...
+	$(GO) build -o $(BIN) ./cmd/appliance
+
+deps:
+	./scripts/install-deps.sh
+
+demo: deps build
+	$(BIN) bench --time 5s --mtu 1500
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags integration ./integration/...
+	$(GO) run $(STATICCHECK) ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 10m ./...
+
+integration: deps build
+	$(GO) test -race -count=1 -timeout 30m -tags integration -v ./integration/...
+
+test: build lint unit integration
+
+bench: deps build
+	$(BIN) bench --time 5s
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./...
+
+clean:
+	rm -rf bin integration.log

@@ -1,0 +1,189 @@
+package appliance
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// relayBufSize is the TCP relay's copy buffer: 256 KiB measured fastest
+// (docs: gvisor-prototype-findings Q1; 64 KiB and 1 MiB were both slower).
+const relayBufSize = 256 << 10
+
+// Keepalive settings for both sides of a relayed connection.
+const (
+	keepIdle     = 30 * time.Second
+	keepInterval = 15 * time.Second
+	keepCount    = 4
+)
+
+// relayBufs holds *[]byte of relayBufSize. A relay takes a buffer only when
+// its source is readable, so idle connections pin none.
+var relayBufs = sync.Pool{New: func() any {
+	b := make([]byte, relayBufSize)
+	return &b
+}}
+
+// streamConn is one side of a relayed TCP connection.
+type streamConn interface {
+	io.ReadWriteCloser
+	CloseWrite() error
+	// waitReadable blocks until Read would not block (data, EOF or error).
+	waitReadable() error
+	// abort closes the connection with a RST.
+	abort()
+}
+
+// nsConn is the netstack side: a gonet conn plus the endpoint and queue it
+// wraps, which waitReadable needs.
+type nsConn struct {
+	*gonet.TCPConn
+	ep tcpip.Endpoint
+	wq *waiter.Queue
+}
+
+func newNSConn(wq *waiter.Queue, ep tcpip.Endpoint) *nsConn {
+	return &nsConn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq}
+}
+
+func (c *nsConn) waitReadable() error {
+	return waitEndpoint(c.ep, c.wq)
+}
+
+func (c *nsConn) abort() { c.ep.Abort() }
+
+// waitEndpoint blocks until ep is readable, hung up or failed.
+func waitEndpoint(ep tcpip.Endpoint, wq *waiter.Queue) error {
+	const mask = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+	if ep.Readiness(mask) != 0 {
+		return nil
+	}
+	e, ch := waiter.NewChannelEntry(mask)
+	wq.EventRegister(&e)
+	defer wq.EventUnregister(&e)
+	for ep.Readiness(mask) == 0 {
+		<-ch
+	}
+	return nil
+}
+
+// tuneEndpoint sets keepalive and turns Nagle off on a netstack TCP
+// endpoint.
+func tuneEndpoint(ep tcpip.Endpoint) {
+	o := ep.SocketOptions()
+	o.SetKeepAlive(true)
+	o.SetDelayOption(false)
+	idle := tcpip.KeepaliveIdleOption(keepIdle)
+	ep.SetSockOpt(&idle)
+	intvl := tcpip.KeepaliveIntervalOption(keepInterval)
+	ep.SetSockOpt(&intvl)
+	ep.SetSockOptInt(tcpip.KeepaliveCountOption, keepCount)
+}
+
+var hostKeepAlive = net.KeepAliveConfig{Enable: true, Idle: keepIdle, Interval: keepInterval, Count: keepCount}
+
+// hostConn is the host side: an ordinary socket.
+type hostConn struct {
+	*net.TCPConn
+	rc syscall.RawConn
+}
+
+func newHostConn(c *net.TCPConn) (*hostConn, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	c.SetNoDelay(true)
+	c.SetKeepAliveConfig(hostKeepAlive)
+	return &hostConn{TCPConn: c, rc: rc}, nil
+}
+
+func (c *hostConn) waitReadable() error { return waitSocket(c.rc) }
+
+func (c *hostConn) abort() {
+	c.SetLinger(0)
+	c.Close()
+}
+
+// waitSocket blocks until the socket behind rc has data, EOF or an error
+// pending, by peeking one byte in the runtime poller's callback.
+func waitSocket(rc syscall.RawConn) error {
+	return rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return !errors.Is(err, syscall.EAGAIN)
+	})
+}
+
+// copyStream copies src to dst until EOF, then half-closes dst. It borrows
+// a relay buffer only while src has data.
+func copyStream(dst, src streamConn) error {
+	for {
+		if err := src.waitReadable(); err != nil {
+			return err
+		}
+		bp := relayBufs.Get().(*[]byte)
+		b := *bp
+		for {
+			n, rerr := src.Read(b)
+			if n > 0 {
+				if _, werr := dst.Write(b[:n]); werr != nil {
+					relayBufs.Put(bp)
+					return werr
+				}
+			}
+			if rerr == io.EOF {
+				relayBufs.Put(bp)
+				return dst.CloseWrite()
+			}
+			if rerr != nil {
+				relayBufs.Put(bp)
+				return rerr
+			}
+			if n < len(b) {
+				break // likely drained: give the buffer back before waiting
+			}
+		}
+		relayBufs.Put(bp)
+	}
+}
+
+// relayTCP relays between the container side a and the host side b until
+// both directions end, then closes both. Half-close passes through: EOF on
+// one side half-closes the other and the reverse direction keeps flowing.
+// An error either way aborts both with a RST. It runs on the caller's
+// goroutine (which must be owned by g) and takes ownership of a and b.
+func (g *Gateway) relayTCP(a, b streamConn) {
+	f, ok := g.addFlow(protoTCP, func() { a.Close(); b.Close() })
+	if !ok {
+		a.abort()
+		b.abort()
+		return
+	}
+	defer g.removeFlow(f)
+	run := func(dst, src streamConn) error {
+		err := copyStream(dst, src)
+		if err != nil {
+			a.abort()
+			b.abort()
+		}
+		return err
+	}
+	done := make(chan error, 1)
+	if !g.spawn(func() { done <- run(b, a) }) {
+		a.abort()
+		b.abort()
+		return
+	}
+	run(a, b)
+	<-done
+	a.Close()
+	b.Close()
+}

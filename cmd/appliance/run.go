@@ -1,0 +1,412 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/nsappliance/appliance/appliance"
+	"github.com/nsappliance/appliance/control"
+	"github.com/nsappliance/appliance/netstack"
+	"github.com/nsappliance/appliance/tun"
+)
+
+type runFlags struct {
+	netns        string
+	pid          int
+	tunName      string
+	mtu          int
+	cidr         string
+	cidr6        string
+	noIPv6       bool
+	dnsUpstreams []string
+	allowLoop    bool
+	publish      []string
+	cc           string
+	name         string
+	grace        time.Duration
+	noOffload    bool
+	maxPending   int
+	udpIdle      time.Duration
+	maxUDP       int
+}
+
+func newRunCmd() *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run [flags] [-- COMMAND [ARG...]]",
+		Short: "Gateway mode: relay a namespace's traffic through netstack and host sockets",
+		Long: `Gateway mode. Creates a TUN device inside the target network namespace
+(--netns, --pid, or a new one for COMMAND), gives it the container address
+(.100 of --cidr, ::100 of --cidr6) and a default route through the gateway
+(.2 / ::2), and terminates everything the namespace sends in netstack,
+re-originating it from this process's own namespace through ordinary
+sockets. DNS at .3 / ::3 forwards to --dns-upstream. The host's loopback is
+unreachable unless --allow-host-loopback. SIGINT/SIGTERM stop accepting,
+drain for --grace, and exit 0. With COMMAND, it exits with COMMAND's status.`,
+		Example: `  appliance run --netns /run/netns/ctr
+  appliance run --pid 1234 -p 8080:80 --dns-upstream 192.0.2.53
+  appliance run -- curl -sI http://example.test/`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() < 0 && len(args) > 0 {
+				return usagef("unexpected argument %q (put COMMAND after --)", args[0])
+			}
+			return runGateway(cmd.Context(), f, args)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.netns, "netns", "", "attach to an existing network namespace (/run/netns/NAME or /proc/PID/ns/net)")
+	fl.IntVar(&f.pid, "pid", 0, "attach to the network namespace of process PID")
+	fl.StringVar(&f.tunName, "tun", "tun0", "name of the TUN device inside the namespace")
+	fl.IntVar(&f.mtu, "mtu", 65520, "MTU of the TUN device (1280..65535)")
+	fl.StringVar(&f.cidr, "cidr", "10.0.2.0/24", "IPv4 subnet: container .100, gateway .2, DNS .3")
+	fl.StringVar(&f.cidr6, "cidr6", "fd00:0:0:2::/64", "IPv6 subnet: container ::100, gateway ::2, DNS ::3")
+	fl.BoolVar(&f.noIPv6, "no-ipv6", false, "do not configure IPv6 on the container link")
+	fl.StringArrayVar(&f.dnsUpstreams, "dns-upstream", nil, "ADDR[:PORT] the DNS address forwards to (repeatable; default: nameservers in /etc/resolv.conf)")
+	fl.BoolVar(&f.allowLoop, "allow-host-loopback", false, "let the gateway address reach the host's 127.0.0.1 / ::1 (denied by default)")
+	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "[IP:]HOSTPORT:PORT[/tcp|/udp]: publish a container port on the host (repeatable)")
+	fl.StringVar(&f.cc, "cc", "cubic", "default TCP congestion control of netstack (see net.ipv4.tcp_available_congestion_control)")
+	fl.StringVar(&f.name, "name", "default", "instance name; the control socket is /run/appliance/NAME.sock")
+	fl.DurationVar(&f.grace, "grace", 10*time.Second, "on SIGINT/SIGTERM, how long open connections may drain before they are cut")
+	fl.BoolVar(&f.noOffload, "no-offload", false, "open the TUN without virtio-net header offloads (checksum, TSO, USO)")
+	fl.IntVar(&f.maxPending, "max-pending-syn", 4096, "connections whose host-side dial may be under way at once")
+	fl.DurationVar(&f.udpIdle, "udp-timeout", 60*time.Second, "idle timeout of a UDP flow")
+	fl.IntVar(&f.maxUDP, "max-udp-flows", 4096, "concurrent UDP flows; new flows beyond it are dropped")
+	return cmd
+}
+
+// parseRun validates every flag before anything changes on the machine.
+func parseRun(f runFlags) (appliance.Options, error) {
+	var o appliance.Options
+	if err := control.ValidateName(f.name); err != nil {
+		return o, usageError{fmt.Errorf("--name: %w", err)}
+	}
+	if f.mtu < 1280 || f.mtu > 65535 {
+		return o, usagef("--mtu %d: want 1280..65535", f.mtu)
+	}
+	p4, err := netip.ParsePrefix(f.cidr)
+	if err != nil || !p4.Addr().Is4() {
+		return o, usagef("--cidr %q: not an IPv4 CIDR", f.cidr)
+	}
+	if o.IPv4, err = appliance.NewLayout(p4); err != nil {
+		return o, usagef("--cidr: %v", err)
+	}
+	if !f.noIPv6 {
+		p6, err := netip.ParsePrefix(f.cidr6)
+		if err != nil || !p6.Addr().Is6() || p6.Addr().Is4In6() {
+			return o, usagef("--cidr6 %q: not an IPv6 CIDR", f.cidr6)
+		}
+		if o.IPv6, err = appliance.NewLayout(p6); err != nil {
+			return o, usagef("--cidr6: %v", err)
+		}
+	}
+	for _, s := range f.dnsUpstreams {
+		ap, err := parseHostPort(s, 53)
+		if err != nil {
+			return o, usagef("--dns-upstream %q: %v", s, err)
+		}
+		o.DNSUpstreams = append(o.DNSUpstreams, ap)
+	}
+	for _, s := range f.publish {
+		p, err := appliance.ParsePublish(s)
+		if err != nil {
+			return o, usagef("--publish %q: %v", s, err)
+		}
+		o.Publish = append(o.Publish, p)
+	}
+	if f.maxPending <= 0 {
+		return o, usagef("--max-pending-syn %d: must be positive", f.maxPending)
+	}
+	if f.maxUDP <= 0 {
+		return o, usagef("--max-udp-flows %d: must be positive", f.maxUDP)
+	}
+	if f.udpIdle <= 0 {
+		return o, usagef("--udp-timeout %v: must be positive", f.udpIdle)
+	}
+	if f.grace < 0 {
+		return o, usagef("--grace %v: must not be negative", f.grace)
+	}
+	o.AllowHostLoopback = f.allowLoop
+	o.MaxPendingSYN = f.maxPending
+	o.MaxUDPFlows = f.maxUDP
+	o.UDPIdleTimeout = f.udpIdle
+	o.Stack = netstack.Options{CongestionControl: f.cc}
+	// Check the cc name now, before the namespace is touched.
+	probe, err := netstack.New(o.Stack)
+	if err != nil {
+		return o, usagef("--cc %q: %v", f.cc, err)
+	}
+	probe.Destroy()
+	return o, nil
+}
+
+// parseHostPort parses ADDR, ADDR:PORT or [V6]:PORT.
+func parseHostPort(s string, defPort uint16) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, nil
+	}
+	a, err := netip.ParseAddr(strings.Trim(s, "[]"))
+	if err != nil {
+		return netip.AddrPort{}, errors.New("want IP, IP:PORT or [IPv6]:PORT")
+	}
+	return netip.AddrPortFrom(a, defPort), nil
+}
+
+func runGateway(ctx context.Context, f runFlags, command []string) error {
+	opts, err := parseRun(f)
+	if err != nil {
+		return err
+	}
+	modes := 0
+	if f.netns != "" {
+		modes++
+	}
+	if f.pid != 0 {
+		modes++
+	}
+	if len(command) > 0 {
+		modes++
+	}
+	if modes != 1 {
+		return usagef("give exactly one of --netns PATH, --pid PID or -- COMMAND")
+	}
+	if err := checkNetAdmin(); err != nil {
+		return usageError{err}
+	}
+	log := slog.Default().With("instance", f.name)
+	opts.Logger = log
+	opts.Stack.Logger = log
+
+	nsPath := f.netns
+	var ownNS netns.NsHandle = -1
+	switch {
+	case f.pid != 0:
+		nsPath = fmt.Sprintf("/proc/%d/ns/net", f.pid)
+		if _, err := os.Stat(nsPath); err != nil {
+			return usagef("--pid %d: no such process", f.pid)
+		}
+	case len(command) > 0:
+		ownNS, err = newNetns()
+		if err != nil {
+			return err
+		}
+		defer ownNS.Close()
+		nsPath = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(ownNS))
+	default:
+		if st, err := os.Stat(nsPath); err != nil {
+			return usagef("--netns %q: %v", nsPath, errors.Unwrap(err))
+		} else if st.IsDir() {
+			return usagef("--netns %q: is a directory, not a namespace file", nsPath)
+		}
+	}
+
+	addrs := []netip.Prefix{netip.PrefixFrom(opts.IPv4.Container, opts.IPv4.Prefix.Bits())}
+	gws := []netip.Addr{opts.IPv4.Gateway}
+	if opts.IPv6.Prefix.IsValid() {
+		addrs = append(addrs, netip.PrefixFrom(opts.IPv6.Container, opts.IPv6.Prefix.Bits()))
+		gws = append(gws, opts.IPv6.Gateway)
+	}
+	dev, err := tun.Create(nsPath, tun.Config{
+		Name: f.tunName, MTU: f.mtu, Addresses: addrs, Gateways: gws,
+		DisableOffload: f.noOffload, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	ep, err := tun.NewEndpoint(dev, tun.EndpointOptions{Logger: log})
+	if err != nil {
+		dev.File.Close()
+		return err
+	}
+	gw, err := appliance.NewGateway(ep, opts)
+	if err != nil {
+		ep.Close()
+		return err
+	}
+	defer gw.Close()
+
+	mux := http.NewServeMux()
+	control.HandleSysctl(mux, gw.Stack().Sysctl())
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		control.WriteJSON(w, http.StatusOK, status{
+			Name: f.name, Mode: "gateway", PID: os.Getpid(), Goroutines: runtime.NumGoroutine(),
+			Flows: gw.Flows(), Tun: dev.Name, MTU: dev.MTU, Offloads: dev.OffloadString(),
+			Link: ep.Stats().Map(), Counters: gw.Counters(),
+		})
+	})
+	srv, err := control.Listen(f.name, mux, log)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	log.Info("appliance ready", "mode", "gateway", "netns", nsPath, "control", srv.Path(),
+		"container", opts.IPv4.Container, "gateway", opts.IPv4.Gateway, "dns", opts.IPv4.DNS)
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	var child *exec.Cmd
+	childDone := make(chan error, 1)
+	if len(command) > 0 {
+		child, err = startIn(ownNS, command)
+		if err != nil {
+			return err
+		}
+		go func() { childDone <- child.Wait() }()
+	}
+
+	drain := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), f.grace)
+		defer cancel()
+		if err := gw.Shutdown(sctx); err != nil {
+			log.Warn("drain cut short", "err", err)
+		}
+	}
+	select {
+	case s := <-sigs:
+		log.Info("signal received, draining", "signal", s.String(), "grace", f.grace)
+		if child != nil {
+			_ = child.Process.Signal(s)
+			select {
+			case <-childDone:
+			case <-time.After(f.grace):
+				_ = child.Process.Kill()
+				<-childDone
+			}
+		}
+		drain()
+		return nil
+	case err := <-childDone:
+		drain()
+		var xe *exec.ExitError
+		if errors.As(err, &xe) {
+			if ws, ok := xe.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				return exitError{128 + int(ws.Signal())}
+			}
+			return exitError{xe.ExitCode()}
+		}
+		if err != nil {
+			return err
+		}
+		return nil
+	case <-ep.Done():
+		if child != nil {
+			_ = child.Process.Kill()
+			<-childDone
+		}
+		return fmt.Errorf("tun device %s in %s went away (namespace deleted?): %v", dev.Name, nsPath, ep.Err())
+	}
+}
+
+type status struct {
+	Name       string               `json:"name"`
+	Mode       string               `json:"mode"`
+	PID        int                  `json:"pid"`
+	Goroutines int                  `json:"goroutines"`
+	Flows      appliance.FlowCounts `json:"flows"`
+	Tun        string               `json:"tun"`
+	MTU        int                  `json:"mtu"`
+	Offloads   string               `json:"offloads"`
+	Link       map[string]uint64    `json:"link"`
+	Counters   map[string]uint64    `json:"counters"`
+}
+
+// checkNetAdmin tells whether this process has CAP_NET_ADMIN.
+func checkNetAdmin() error {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return nil // cannot tell; let the first privileged call fail
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err == nil && caps&(1<<unix.CAP_NET_ADMIN) == 0 {
+				return errors.New("missing privileges: needs CAP_NET_ADMIN (run as root)")
+			}
+		}
+	}
+	return nil
+}
+
+// newNetns makes a new, unnamed network namespace with loopback up. It lives
+// as long as the returned handle or a process in it.
+func newNetns() (netns.NsHandle, error) {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return -1, fmt.Errorf("get netns: %w", err)
+	}
+	defer orig.Close()
+	ns, err := netns.New() // unshare(CLONE_NEWNET) on this thread
+	if err != nil {
+		runtime.UnlockOSThread()
+		return -1, fmt.Errorf("new netns: %w", err)
+	}
+	if err := netns.Set(orig); err != nil {
+		ns.Close()
+		return -1, fmt.Errorf("return to own netns: %w", err) // thread stays locked and dies
+	}
+	runtime.UnlockOSThread()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		ns.Close()
+		return -1, fmt.Errorf("netlink in new netns: %w", err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err == nil {
+		err = h.LinkSetUp(lo)
+	}
+	if err != nil {
+		ns.Close()
+		return -1, fmt.Errorf("loopback up in new netns: %w", err)
+	}
+	return ns, nil
+}
+
+// startIn starts command with its network namespace set to ns: the fork
+// happens on a thread that has entered ns, and the child inherits it.
+func startIn(ns netns.NsHandle, command []string) (*exec.Cmd, error) {
+	c := exec.Command(command[0], command[1:]...)
+	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
+	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("get netns: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("enter netns: %w", err)
+	}
+	startErr := c.Start()
+	if err := netns.Set(orig); err != nil {
+		return nil, fmt.Errorf("return to own netns: %w", err)
+	}
+	runtime.UnlockOSThread()
+	if startErr != nil {
+		return nil, fmt.Errorf("start %s: %w", command[0], startErr)
+	}
+	return c, nil
+}

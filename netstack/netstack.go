@@ -1,0 +1,128 @@
+// Package netstack builds the gVisor TCP/IP stack the appliance runs on and
+// exposes its tunables under Linux sysctl names. Start with New.
+package netstack
+
+import (
+	"fmt"
+	"log/slog"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+)
+
+// Options configures New. The zero value is the documented default.
+type Options struct {
+	// CongestionControl is the default TCP congestion control for new
+	// connections ("reno" or "cubic"). Empty means "cubic".
+	CongestionControl string
+	// Sysctl holds initial tunables by Linux name (see Sysctls), applied
+	// after the defaults. A bad key or value fails New.
+	Sysctl map[string]string
+	// Logger receives state changes; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Stack is a gVisor stack with the appliance's defaults applied.
+type Stack struct {
+	*stack.Stack
+	sysctl *Sysctls
+	log    *slog.Logger
+}
+
+// New builds a stack with IPv4, IPv6, TCP, UDP and ICMP, SACK on,
+// receive-buffer auto-tuning on, buffers of 4 MiB default and 8 MiB max, and
+// RACK off (see docs/design.md: RACK walks the whole flight per ACK).
+func New(opts Options) (*Stack, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
+	})
+	ns := &Stack{Stack: s, log: log.With("component", "netstack")}
+	ns.sysctl = newSysctls(ns)
+	defaults := []struct{ k, v string }{
+		{"net.ipv4.tcp_sack", "1"},
+		{"net.ipv4.tcp_moderate_rcvbuf", "1"},
+		{"net.ipv4.tcp_recovery", "0"},
+		{"net.ipv4.tcp_rmem", "4096 4194304 8388608"},
+		{"net.ipv4.tcp_wmem", "4096 4194304 8388608"},
+		{"net.ipv4.tcp_congestion_control", "cubic"},
+	}
+	for _, d := range defaults {
+		if err := ns.sysctl.set(d.k, d.v); err != nil {
+			s.Destroy()
+			return nil, fmt.Errorf("netstack default %s: %w", d.k, err)
+		}
+	}
+	if opts.CongestionControl != "" {
+		if err := ns.sysctl.set("net.ipv4.tcp_congestion_control", opts.CongestionControl); err != nil {
+			s.Destroy()
+			return nil, err
+		}
+	}
+	for k, v := range opts.Sysctl {
+		if err := ns.sysctl.set(k, v); err != nil {
+			s.Destroy()
+			return nil, err
+		}
+	}
+	return ns, nil
+}
+
+// Sysctl returns the stack's tunables.
+func (s *Stack) Sysctl() *Sysctls { return s.sysctl }
+
+// NICOptions configures AttachNIC.
+type NICOptions struct {
+	// Name is the NIC's name in netstack (shown by iptables -i/-o).
+	Name string
+	// Promiscuous makes the NIC accept packets for any address and send
+	// from any address (gateway mode). Router mode leaves it off, because a
+	// promiscuous NIC treats every packet as local and forwards nothing.
+	Promiscuous bool
+	// Addresses are assigned to the NIC.
+	Addresses []tcpip.AddressWithPrefix
+	// DefaultRoute installs IPv4 and IPv6 default routes through the NIC.
+	DefaultRoute bool
+}
+
+// AttachNIC creates a NIC on ep and configures it.
+func (s *Stack) AttachNIC(ep stack.LinkEndpoint, opts NICOptions) (tcpip.NICID, error) {
+	id := s.NextNICID()
+	if err := s.CreateNICWithOptions(id, ep, stack.NICOptions{Name: opts.Name}); err != nil {
+		return 0, Error("create nic", err)
+	}
+	if opts.Promiscuous {
+		if err := s.SetPromiscuousMode(id, true); err != nil {
+			return 0, Error("promiscuous", err)
+		}
+		if err := s.SetSpoofing(id, true); err != nil {
+			return 0, Error("spoofing", err)
+		}
+	}
+	for _, a := range opts.Addresses {
+		proto := ipv4.ProtocolNumber
+		if a.Address.Len() == header.IPv6AddressSize {
+			proto = ipv6.ProtocolNumber
+		}
+		pa := tcpip.ProtocolAddress{Protocol: proto, AddressWithPrefix: a}
+		if err := s.AddProtocolAddress(id, pa, stack.AddressProperties{}); err != nil {
+			return 0, Error(fmt.Sprintf("add address %s", a), err)
+		}
+	}
+	if opts.DefaultRoute {
+		s.AddRoute(tcpip.Route{Destination: header.IPv4EmptySubnet, NIC: id})
+		s.AddRoute(tcpip.Route{Destination: header.IPv6EmptySubnet, NIC: id})
+	}
+	s.log.Info("nic attached", "nic", id, "name", opts.Name, "promiscuous", opts.Promiscuous)
+	return id, nil
+}

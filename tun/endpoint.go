@@ -1,0 +1,486 @@
+package tun
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/rawfile"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/stopfd"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
+)
+
+// ErrDeviceGone is reported by Endpoint.Err when the TUN device went away
+// (deleted, or its namespace died).
+var ErrDeviceGone = errors.New("tun device gone")
+
+// EndpointOptions configures NewEndpoint. The zero value is the documented
+// default.
+type EndpointOptions struct {
+	// Budget is how many packets the reader takes per poll before it
+	// flushes GRO and yields, like NAPI's weight. Zero means 64.
+	Budget int
+	// DisableGRO turns off coalescing of received TCP segments.
+	DisableGRO bool
+	// Logger receives state changes; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Endpoint is a netstack link endpoint on a TUN file descriptor. With a
+// virtio-net header it takes GSO super-packets from the kernel whole and
+// hands netstack's 64 KiB TSO segments to the kernel to cut.
+//
+// Reading works like NAPI: one goroutine takes up to Budget packets per
+// wake-up while packets keep coming, then blocks its thread in ppoll until
+// the device is readable again.
+type Endpoint struct {
+	dev    *Device
+	fd     int
+	budget int
+	log    *slog.Logger
+
+	mtu atomic.Uint32
+
+	// dispatcher is read per packet, so it is published atomically.
+	dispatcher atomic.Pointer[stack.NetworkDispatcher]
+
+	mu sync.Mutex
+	// +checklocks:mu
+	started bool
+	// +checklocks:mu
+	onClose func()
+	// +checklocks:mu
+	closed bool
+
+	stop stopfd.StopFD
+
+	gro      gro.GRO // owned by the reader goroutine
+	done     chan struct{}
+	doneOnce sync.Once
+	wg       sync.WaitGroup
+	err      atomic.Pointer[error]
+
+	// scratch buffers, owned by the reader goroutine.
+	hdrBuf [vnetHdrLen]byte
+	view   *buffer.View
+	uso    []byte
+
+	stats Stats
+}
+
+var (
+	_ stack.LinkEndpoint = (*Endpoint)(nil)
+	_ stack.GSOEndpoint  = (*Endpoint)(nil)
+)
+
+// maxPacket bounds one read: the largest IP packet, which is also the
+// largest pooled buffer chunk (buffer.MaxChunkSize).
+const maxPacket = 1 << 16
+
+// smallCopy is the size below which a received packet is copied out of the
+// 64 KiB read buffer, so queued small packets do not pin 64 KiB each.
+const smallCopy = 8192
+
+// NewEndpoint makes an endpoint on dev. The endpoint owns dev from then on:
+// Close closes it.
+func NewEndpoint(dev *Device, opts EndpointOptions) (*Endpoint, error) {
+	if dev == nil || dev.File == nil {
+		return nil, errors.New("tun endpoint: nil device")
+	}
+	rc, err := dev.File.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("tun endpoint %s: %w", dev.Name, err)
+	}
+	var fd int
+	if err := rc.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		return nil, fmt.Errorf("tun endpoint %s: %w", dev.Name, err)
+	}
+	if opts.Budget < 0 {
+		return nil, fmt.Errorf("tun endpoint: budget %d < 0", opts.Budget)
+	}
+	if opts.Budget == 0 {
+		opts.Budget = 64
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	stop, err := stopfd.New()
+	if err != nil {
+		return nil, fmt.Errorf("tun endpoint %s: %w", dev.Name, err)
+	}
+	e := &Endpoint{
+		dev:    dev,
+		stop:   stop,
+		fd:     fd,
+		budget: opts.Budget,
+		log:    log.With("component", "tun", "dev", dev.Name),
+		done:   make(chan struct{}),
+		uso:    make([]byte, maxPacket),
+	}
+	e.mtu.Store(uint32(dev.MTU))
+	e.gro.Init(!opts.DisableGRO)
+	return e, nil
+}
+
+// Stats returns the endpoint's counters.
+func (e *Endpoint) Stats() *Stats { return &e.stats }
+
+// Done is closed when the reader stops: after Close, or when the device
+// failed (see Err).
+func (e *Endpoint) Done() <-chan struct{} { return e.done }
+
+// Err tells why the reader stopped; nil after a plain Close.
+func (e *Endpoint) Err() error {
+	if p := e.err.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// MTU implements stack.LinkEndpoint.
+func (e *Endpoint) MTU() uint32 { return e.mtu.Load() }
+
+// SetMTU implements stack.LinkEndpoint.
+func (e *Endpoint) SetMTU(mtu uint32) { e.mtu.Store(mtu) }
+
+// MaxHeaderLength implements stack.LinkEndpoint. TUN has no link header; the
+// virtio-net header goes in its own iovec.
+func (*Endpoint) MaxHeaderLength() uint16 { return 0 }
+
+// LinkAddress implements stack.LinkEndpoint.
+func (*Endpoint) LinkAddress() tcpip.LinkAddress { return "" }
+
+// SetLinkAddress implements stack.LinkEndpoint.
+func (*Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
+
+// Capabilities implements stack.LinkEndpoint. With a virtio-net header the
+// kernel hands over packets whose checksum it vouches for or left partial
+// (CHECKSUM_PARTIAL), so netstack must not verify them. The flag has to be a
+// capability: nic.DeliverNetworkPacket overwrites a per-packet flag.
+func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
+	if e.dev.VnetHdr {
+		return stack.CapabilityRXChecksumOffload
+	}
+	return 0
+}
+
+// GSOMaxSize implements stack.GSOEndpoint.
+func (e *Endpoint) GSOMaxSize() uint32 {
+	if e.dev.Offloads&tunFTSO4 != 0 {
+		return 1 << 16
+	}
+	return 0
+}
+
+// SupportedGSO implements stack.GSOEndpoint.
+func (e *Endpoint) SupportedGSO() stack.SupportedGSO {
+	if e.dev.Offloads&(tunFTSO4|tunFTSO6) != 0 {
+		return stack.HostGSOSupported
+	}
+	return stack.GSONotSupported
+}
+
+// ARPHardwareType implements stack.LinkEndpoint.
+func (*Endpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+
+// AddHeader implements stack.LinkEndpoint.
+func (*Endpoint) AddHeader(*stack.PacketBuffer) {}
+
+// ParseHeader implements stack.LinkEndpoint.
+func (*Endpoint) ParseHeader(*stack.PacketBuffer) bool { return true }
+
+// SetOnCloseAction implements stack.LinkEndpoint.
+func (e *Endpoint) SetOnCloseAction(f func()) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.onClose = f
+}
+
+// IsAttached implements stack.LinkEndpoint.
+func (e *Endpoint) IsAttached() bool {
+	return e.dispatcher.Load() != nil
+}
+
+// Attach implements stack.LinkEndpoint. The first attach starts the reader;
+// attaching nil stops delivery (packets read are then dropped).
+func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if d == nil {
+		// Detach: stop the reader without closing the device, as
+		// nic.remove expects before it calls Wait.
+		e.dispatcher.Store(nil)
+		e.stop.Stop()
+		return
+	}
+	e.dispatcher.Store(&d)
+	if !e.started && !e.closed {
+		e.started = true
+		e.gro.Dispatcher = dispatcherFunc(e.deliver)
+		e.wg.Add(1)
+		go e.readLoop()
+	}
+}
+
+// Wait implements stack.LinkEndpoint: it returns once the reader stopped.
+func (e *Endpoint) Wait() { e.wg.Wait() }
+
+// Close implements stack.LinkEndpoint. It closes the device and waits for
+// the reader.
+func (e *Endpoint) Close() {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return
+	}
+	e.closed = true
+	f := e.onClose
+	e.mu.Unlock()
+	if f != nil {
+		f()
+	}
+	e.stop.Stop()
+	e.wg.Wait()
+	_ = e.dev.File.Close()
+	_ = unix.Close(e.stop.EFD)
+	e.doneOnce.Do(func() { close(e.done) })
+}
+
+// dispatcherFunc adapts deliver to the one method GRO calls.
+type dispatcherFunc func(tcpip.NetworkProtocolNumber, *stack.PacketBuffer)
+
+func (f dispatcherFunc) DeliverNetworkPacket(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	f(p, pkt)
+}
+func (dispatcherFunc) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
+
+func (e *Endpoint) deliver(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	d := e.dispatcher.Load()
+	if d == nil {
+		e.stats.RxDropped.Add(1)
+		return
+	}
+	(*d).DeliverNetworkPacket(p, pkt)
+}
+
+func (e *Endpoint) readLoop() {
+	defer e.wg.Done()
+	defer e.doneOnce.Do(func() { close(e.done) })
+	for {
+		done, err := e.readBatch()
+		if err != nil {
+			e.err.Store(&err)
+			e.log.Error("tun reader stopped", "err", err)
+			return
+		}
+		if done {
+			continue // budget used up: poll again at once
+		}
+		// Dry: block this thread in ppoll (not the runtime poller, whose
+		// wake-ups wait for an idle P) until a packet or Stop.
+		stopped, errno := rawfile.BlockingPollUntilStopped(e.stop.EFD, e.fd, unix.POLLIN)
+		if stopped {
+			return
+		}
+		if errno != 0 && errno != unix.EINTR {
+			err := fmt.Errorf("%w: poll: %v", ErrDeviceGone, errno)
+			e.err.Store(&err)
+			e.log.Error("tun reader stopped", "err", err)
+			return
+		}
+	}
+}
+
+// readBatch reads up to the budget. It returns done=true when the budget
+// ran out (the caller polls again at once) and false when the device ran
+// dry (the poller waits for readability).
+func (e *Endpoint) readBatch() (done bool, fatal error) {
+	defer e.gro.Flush()
+	for i := 0; i < e.budget; i++ {
+		if e.view == nil {
+			e.view = buffer.NewViewSize(maxPacket)
+		}
+		buf := e.view.AsSlice()
+		var n int
+		var err error
+		if e.dev.VnetHdr {
+			n, err = unix.Readv(e.fd, [][]byte{e.hdrBuf[:], buf})
+		} else {
+			n, err = unix.Read(e.fd, buf)
+		}
+		switch {
+		case err == unix.EAGAIN || err == unix.EINTR:
+			return false, nil
+		case err == unix.EBADFD || err == unix.EIO || err == unix.ENXIO || err == unix.ENODEV:
+			return false, fmt.Errorf("%w: %v", ErrDeviceGone, err)
+		case err != nil:
+			return false, fmt.Errorf("read tun %s: %w", e.dev.Name, err)
+		case n == 0:
+			// A TUN read never returns 0 while the device exists.
+			return false, fmt.Errorf("%w: end of file", ErrDeviceGone)
+		}
+		if e.dev.VnetHdr {
+			n -= vnetHdrLen
+			if n <= 0 {
+				e.stats.RxErrors.Add(1)
+				continue
+			}
+		}
+		e.stats.RxPackets.Add(1)
+		e.stats.RxBytes.Add(uint64(n))
+		e.receive(buf[:n])
+	}
+	return true, nil
+}
+
+// receive turns one read into packets for netstack.
+func (e *Endpoint) receive(b []byte) {
+	var h vnetHdr
+	if e.dev.VnetHdr {
+		_ = h.decode(e.hdrBuf[:])
+		if err := h.validate(len(b)); err != nil {
+			e.stats.RxErrors.Add(1)
+			return
+		}
+		if h.gsoType != vnetGSONone {
+			e.stats.RxGSO.Add(1)
+		}
+		if h.gsoType&^vnetGSOECN == vnetGSOUDPL4 {
+			if err := splitUSO(b, int(h.gsoSize), e.uso, func(seg []byte) {
+				e.enqueue(buffer.NewViewWithData(seg), nil)
+			}); err != nil {
+				e.stats.RxErrors.Add(1)
+			}
+			return
+		}
+	}
+	var v *buffer.View
+	if len(b) < smallCopy {
+		v = buffer.NewViewWithData(b)
+	} else {
+		v = e.view
+		v.CapLength(len(b))
+		e.view = nil
+	}
+	e.enqueue(v, &h)
+}
+
+func (e *Endpoint) enqueue(v *buffer.View, h *vnetHdr) {
+	b := v.AsSlice()
+	var proto tcpip.NetworkProtocolNumber
+	switch header.IPVersion(b) {
+	case header.IPv4Version:
+		proto = header.IPv4ProtocolNumber
+	case header.IPv6Version:
+		proto = header.IPv6ProtocolNumber
+	default:
+		v.Release()
+		e.stats.RxErrors.Add(1)
+		return
+	}
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+	pkt.NetworkProtocolNumber = proto
+	pkt.RXChecksumValidated = e.dev.VnetHdr
+	if h != nil && h.gsoType != vnetGSONone {
+		// Keep the kernel's segmentation metadata so a forwarded
+		// super-packet can leave whole through another TSO link.
+		t := stack.GSOTCPv4
+		if h.gsoType&^vnetGSOECN == vnetGSOTCPv6 {
+			t = stack.GSOTCPv6
+		}
+		pkt.GSOOptions = stack.GSO{
+			Type:       t,
+			NeedsCsum:  h.flags&vnetFlagNeedsCsum != 0,
+			CsumOffset: h.csumOffset,
+			MSS:        h.gsoSize,
+			L3HdrLen:   h.csumStart,
+			MaxSize:    1 << 16,
+		}
+	}
+	e.gro.Enqueue(pkt)
+	pkt.DecRef()
+}
+
+// WritePackets implements stack.LinkEndpoint.
+func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	n := 0
+	var hdr [vnetHdrLen]byte
+	iov := make([][]byte, 0, 8)
+	for _, pkt := range pkts.AsSlice() {
+		iov = iov[:0]
+		if e.dev.VnetHdr {
+			e.txHeader(pkt).encode(hdr[:])
+			iov = append(iov, hdr[:])
+		}
+		iov = append(iov, pkt.AsSlices()...)
+		size := pkt.Size()
+		_, err := unix.Writev(e.fd, iov)
+		switch {
+		case err == nil:
+			e.stats.TxPackets.Add(1)
+			e.stats.TxBytes.Add(uint64(size))
+			n++
+		case err == unix.EBADFD || err == unix.EIO || err == unix.EBADF:
+			e.stats.TxErrors.Add(1)
+			if n == 0 {
+				return 0, &tcpip.ErrClosedForSend{}
+			}
+			return n, nil
+		default:
+			// EAGAIN, EINVAL (a packet the kernel refuses) and the like:
+			// drop this one and go on, as a NIC would.
+			e.stats.TxErrors.Add(1)
+			n++
+		}
+	}
+	return n, nil
+}
+
+func (e *Endpoint) txHeader(pkt *stack.PacketBuffer) *vnetHdr {
+	h := &vnetHdr{}
+	g := pkt.GSOOptions
+	if g.Type == stack.GSONone {
+		return h
+	}
+	h.hdrLen = uint16(pkt.HeaderSize())
+	if g.NeedsCsum {
+		h.flags = vnetFlagNeedsCsum
+		h.csumStart = g.L3HdrLen
+		h.csumOffset = g.CsumOffset
+	}
+	if uint16(pkt.Data().Size()) > g.MSS {
+		switch g.Type {
+		case stack.GSOTCPv4:
+			h.gsoType = vnetGSOTCPv4
+		case stack.GSOTCPv6:
+			h.gsoType = vnetGSOTCPv6
+		}
+		h.gsoSize = g.MSS
+		e.stats.TxGSO.Add(1)
+	}
+	return h
+}
+
+// Stats counts what crossed the device.
+type Stats struct {
+	RxPackets, RxBytes, RxGSO, RxErrors, RxDropped atomic.Uint64
+	TxPackets, TxBytes, TxGSO, TxErrors            atomic.Uint64
+}
+
+// Map returns the counters by stable snake_case name.
+func (s *Stats) Map() map[string]uint64 {
+	return map[string]uint64{
+		"rx_packets": s.RxPackets.Load(), "rx_bytes": s.RxBytes.Load(), "rx_gso": s.RxGSO.Load(),
+		"rx_errors": s.RxErrors.Load(), "rx_dropped": s.RxDropped.Load(),
+		"tx_packets": s.TxPackets.Load(), "tx_bytes": s.TxBytes.Load(), "tx_gso": s.TxGSO.Load(),
+		"tx_errors": s.TxErrors.Load(),
+	}
+}
