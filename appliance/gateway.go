@@ -255,8 +255,9 @@ func (g *Gateway) Flows() FlowCounts {
 }
 
 // Shutdown stops accepting: new SYNs get a RST, new UDP flows and pings are
-// dropped and the publish listeners close. It then waits for the active
-// flows to finish until ctx is done, and closes everything. It returns nil
+// dropped and the publish listeners close. Open UDP flows and pings are
+// closed at once; open TCP connections may finish until ctx is done. Then
+// everything is closed. It returns nil
 // on a clean drain and ctx.Err() if it had to cut flows.
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.mu.Lock()
@@ -275,6 +276,13 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.log.Info("gateway draining", "flows", n)
 	for _, l := range ls {
 		l.Close()
+	}
+	// UDP and ICMP have no end to wait for: close them now and drain only
+	// TCP connections, as a host's shutdown does.
+	for _, f := range g.snapshotFlows() {
+		if f.proto != protoTCP {
+			f.close()
+		}
 	}
 	var err error
 	select {

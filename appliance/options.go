@@ -30,16 +30,23 @@ func NewLayout(prefix netip.Prefix) (Layout, error) {
 	}
 	p := prefix.Masked()
 	bits := p.Addr().BitLen()
-	if bits-p.Bits() < 7 {
-		return Layout{}, fmt.Errorf("cidr %v: too small, need room for host .100 (at most /%d)", prefix, bits-7)
+	if need := map[int]int{32: 7, 128: 9}[bits]; bits-p.Bits() < need {
+		return Layout{}, fmt.Errorf("cidr %v: too small, need room for host .100 / ::100 (at most /%d)", prefix, bits-need)
 	}
-	nth := func(n byte) netip.Addr {
+	// Host numbers are written the way users read them: .100 in IPv4 is
+	// decimal, ::100 in IPv6 is the hex group 0x0100.
+	nth := func(v4, v6 uint16) netip.Addr {
 		b := p.Addr().AsSlice()
-		b[len(b)-1] |= n
+		n := v4
+		if bits == 128 {
+			n = v6
+		}
+		b[len(b)-2] |= byte(n >> 8)
+		b[len(b)-1] |= byte(n)
 		a, _ := netip.AddrFromSlice(b)
 		return a
 	}
-	return Layout{Prefix: p, Container: nth(100), Gateway: nth(2), DNS: nth(3)}, nil
+	return Layout{Prefix: p, Container: nth(100, 0x100), Gateway: nth(2, 2), DNS: nth(3, 3)}, nil
 }
 
 // Publish is one -p/--publish rule: listen on the host at Host and relay each

@@ -10,9 +10,11 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -90,11 +92,15 @@ func TestIperf3(t *testing.T) {
 					t.Errorf("no data moved: sent %d bytes, received %.0f bit/s", s.Bytes, rcv.BitsPerSecond)
 				}
 				// iperf3 stops counting at the receiver when the timed
-				// interval ends, so what was still in flight is sent but
-				// not received (the kernel path shows the same). Exact
-				// integrity is TestTCPIntegrity's job.
-				if lost := s.Bytes - rcv.Bytes; lost < 0 || lost > max(s.Bytes/50, 16<<20) {
-					t.Errorf("bytes received %d vs bytes sent %d: differ by more than in-flight data", rcv.Bytes, s.Bytes)
+				// interval ends, so what was still in flight (socket
+				// buffers on both hosts plus the appliance's queues;
+				// tens of MB have been seen) is sent but not received.
+				// The kernel path shows the same. Exact integrity is
+				// TestTCPIntegrity's job; this only catches gross loss.
+				inFlight := s.Bytes - rcv.Bytes
+				t.Logf("in flight at the end: %d bytes (%.1f%%)", inFlight, 100*float64(inFlight)/float64(max(s.Bytes, 1)))
+				if inFlight < 0 || inFlight > max(s.Bytes/10, 64<<20) {
+					t.Errorf("bytes received %d vs bytes sent %d: differ by more than in-flight data could", rcv.Bytes, s.Bytes)
 				}
 			})
 		}
@@ -269,6 +275,12 @@ func TestHostLoopback(t *testing.T) {
 				t.Errorf("dial %s:%s with --allow-host-loopback: %v", h, port, err)
 			}
 		}
+		// The echo must come from the server on the host's loopback.
+		for _, want := range []string{"accept 127.0.0.1:", "accept [::1]:"} {
+			if err := srv.WaitOutput(want, 2*time.Second); err != nil {
+				t.Errorf("host loopback server: %v", err)
+			}
+		}
 		t.Logf("host loopback server saw: %s", strings.TrimSpace(srv.Stdout()))
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -340,8 +352,10 @@ func checkGone(t *testing.T, name string, cont *testbed.Netns) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if _, err := os.Stat("/run/appliance/" + name + ".sock"); err == nil {
-		t.Errorf("control socket /run/appliance/%s.sock left after exit", name)
+	sock := filepath.Join(testbed.SocketDir, name+".sock")
+	if _, err := os.Stat(sock); err == nil {
+		t.Errorf("control socket %s left after exit", sock)
+		_ = os.Remove(sock)
 	}
 	if cont != nil {
 		if err := cont.IP("link", "show", "tun0"); err == nil {
@@ -395,6 +409,12 @@ func TestCommandMode(t *testing.T) {
 		t.Fatal(err)
 	}
 	name := testbed.UniqueName("itcmd")
+	t.Cleanup(func() {
+		for _, pid := range testbed.PidsWithArgs("--name", name) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		_ = os.Remove(filepath.Join(testbed.SocketDir, name+".sock"))
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := host.Command(ctx, applianceBin, "run", "--name", name, "--", "sh", "-c", "ip addr show tun0 && exit 3")

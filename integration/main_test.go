@@ -170,8 +170,7 @@ func startAppliance(t *testing.T, host *testbed.Netns, args ...string) *testbed.
 				t.Logf("stop appliance: exit %d, %v", code, firstLine(err))
 			}
 		}
-		a.Kill() // leftovers of the group
-		_ = os.Remove("/run/appliance/" + a.Name + ".sock")
+		a.Kill() // leftovers of the group and a stale socket
 		if t.Failed() {
 			t.Logf("appliance %s stderr:\n%s", a.Name, tail(a.Stderr(), 4000))
 		}

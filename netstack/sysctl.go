@@ -38,12 +38,14 @@ func newSysctls(s *Stack) *Sysctls {
 	y.keys["net.ipv4.tcp_congestion_control"] = sysctlKey{
 		get: func() (string, error) {
 			var v tcpip.CongestionControlOption
-			return string(v), Error("get cc", s.TransportProtocolOption(tcp.ProtocolNumber, &v))
+			err := s.TransportProtocolOption(tcp.ProtocolNumber, &v)
+			return string(v), Error("get cc", err)
 		},
 		set: func(v string) error {
 			o := tcpip.CongestionControlOption(strings.TrimSpace(v))
 			if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &o); err != nil {
-				avail, _ := y.Get("net.ipv4.tcp_available_congestion_control")
+				// Called with y.mu held: read the list directly.
+				avail, _ := y.keys["net.ipv4.tcp_available_congestion_control"].get()
 				return fmt.Errorf("congestion control %q not available (have: %s)", o, avail)
 			}
 			return nil
@@ -52,7 +54,8 @@ func newSysctls(s *Stack) *Sysctls {
 	y.keys["net.ipv4.tcp_available_congestion_control"] = sysctlKey{
 		get: func() (string, error) {
 			var v tcpip.TCPAvailableCongestionControlOption
-			return string(v), Error("get available cc", s.TransportProtocolOption(tcp.ProtocolNumber, &v))
+			err := s.TransportProtocolOption(tcp.ProtocolNumber, &v)
+			return string(v), Error("get available cc", err)
 		},
 	}
 	y.keys["net.ipv4.tcp_rmem"] = sysctlKey{
@@ -105,7 +108,8 @@ func newSysctls(s *Stack) *Sysctls {
 	y.keys["net.ipv4.tcp_recovery"] = sysctlKey{
 		get: func() (string, error) {
 			var v tcpip.TCPRecovery
-			return strconv.Itoa(int(v)), Error("get tcp_recovery", s.TransportProtocolOption(tcp.ProtocolNumber, &v))
+			err := s.TransportProtocolOption(tcp.ProtocolNumber, &v)
+			return strconv.Itoa(int(v)), Error("get tcp_recovery", err)
 		},
 		set: func(v string) error {
 			n, err := ints(v, 1)
@@ -127,7 +131,8 @@ func newSysctls(s *Stack) *Sysctls {
 		y.keys[p.key] = sysctlKey{
 			get: func() (string, error) {
 				var v tcpip.DefaultTTLOption
-				return strconv.Itoa(int(v)), Error("get ttl", s.NetworkProtocolOption(proto, &v))
+				err := s.NetworkProtocolOption(proto, &v)
+				return strconv.Itoa(int(v)), Error("get ttl", err)
 			},
 			set: func(v string) error {
 				n, err := ints(v, 1)

@@ -1,7 +1,176 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
 
-// Placeholder until the bench harness lands (owned by the bench work).
-func newBenchCmd() *cobra.Command   { return &cobra.Command{Use: "bench", Hidden: true} }
-func newNetperfCmd() *cobra.Command { return &cobra.Command{Use: "netperf", Hidden: true} }
+	"github.com/nsappliance/appliance/bench"
+	"github.com/spf13/cobra"
+)
+
+// newBenchCmd is `appliance bench`: throwaway namespaces, iperf3 and
+// netperf-style RR/CRR across the appliance and the paths it is compared
+// with, one table.
+func newBenchCmd() *cobra.Command {
+	var (
+		mode, cc, emulate, compare, mtus string
+		dur, rrDur                       time.Duration
+		asJSON                           bool
+	)
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure the appliance against the kernel, pasta and slirp4netns (needs root and iperf3)",
+		Long: `bench makes throwaway network namespaces and, for each MTU, measures:
+
+  kernel       a client namespace and a server namespace on a veth pair
+  appliance    a container namespace behind this appliance (gateway mode),
+               the servers on the host namespace's own address
+  pasta        the same container behind pasta, when installed
+  slirp4netns  the same container behind slirp4netns, when installed
+
+Each path runs iperf3 (one stream, upload and download with -R), a
+request/response test like netperf TCP_RR (one connection, one byte each way;
+p50/p99 latency) and a connection test like TCP_CRR (connect, one byte each
+way, close; connections per second). It prints one table with the ratios to
+the kernel path and removes everything it made, also on Ctrl-C.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg := bench.Config{Mode: mode, CC: cc, Emulate: emulate, Time: dur, RRTime: rrDur, Progress: os.Stderr}
+			if mode != "gateway" {
+				return usagef("--mode %q: bench supports gateway", mode)
+			}
+			if dur <= 0 || rrDur <= 0 {
+				return usagef("--time and --rr-time must be positive")
+			}
+			cfg.Compare = []string{}
+			for _, p := range benchSplitList(compare) {
+				if !slices.Contains(bench.ComparePaths, p) {
+					return usagef("--compare %q: want a list of %s", p, strings.Join(bench.ComparePaths, ","))
+				}
+				cfg.Compare = append(cfg.Compare, p)
+			}
+			for _, s := range benchSplitList(mtus) {
+				m, err := strconv.Atoi(s)
+				if err != nil || m < 1280 || m > 65520 {
+					return usagef("--mtu %q: want a list of numbers in 1280..65520", s)
+				}
+				cfg.MTUs = append(cfg.MTUs, m)
+			}
+			if len(cfg.MTUs) == 0 {
+				return usagef("--mtu: empty list")
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("bench: %w", err)
+			}
+			cfg.Bin = exe
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			results, err := bench.Run(ctx, cfg)
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if jerr := enc.Encode(results); jerr != nil {
+					return jerr
+				}
+			} else if len(results) > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "bench: %s mode, cc %s, iperf3 %v per direction, RR/CRR %v each\n",
+					mode, benchOr(cc, "default"), dur, rrDur)
+				if werr := bench.WriteTable(cmd.OutOrStdout(), results); werr != nil {
+					return werr
+				}
+			}
+			return err
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&mode, "mode", "gateway", "appliance mode to measure (gateway)")
+	fl.StringVar(&cc, "cc", "", "the appliance's TCP congestion control (default: the appliance's default)")
+	fl.StringVar(&emulate, "emulate", "", "link emulation SPEC passed to the appliance (--emulate)")
+	fl.DurationVar(&dur, "time", 5*time.Second, "iperf3 duration per direction (whole seconds)")
+	fl.DurationVar(&rrDur, "rr-time", 2*time.Second, "duration of the RR and of the CRR test")
+	fl.StringVar(&compare, "compare", strings.Join(bench.ComparePaths, ","), "other paths to measure: "+strings.Join(bench.ComparePaths, ",")+" (comma-separated; missing tools print \"not installed\")")
+	fl.StringVar(&mtus, "mtu", "1500,65520", "MTUs to measure (comma-separated)")
+	fl.BoolVar(&asJSON, "json", false, "print the results as JSON instead of a table")
+	return cmd
+}
+
+// newNetperfCmd is the hidden netperf-style client and server bench runs
+// inside namespaces: `netperf serve ADDR`, `netperf rr|crr ADDR [DURATION]`.
+func newNetperfCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:    "netperf",
+		Short:  "netperf-style TCP_RR/TCP_CRR client and server used by bench",
+		Hidden: true,
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "serve ADDR",
+		Short: "answer rr/crr clients on ADDR until SIGINT/SIGTERM",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ln, err := net.Listen("tcp", args[0])
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			fmt.Fprintf(cmd.OutOrStdout(), "listening %s\n", ln.Addr())
+			return bench.Serve(ctx, ln)
+		},
+	})
+	for _, mode := range []string{"rr", "crr"} {
+		cmd.AddCommand(&cobra.Command{
+			Use:   mode + " ADDR [DURATION]",
+			Short: "run the " + strings.ToUpper(mode) + " client against ADDR (default 2s) and print JSON",
+			Args:  cobra.RangeArgs(1, 2),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				d := 2 * time.Second
+				if len(args) == 2 {
+					var err error
+					if d, err = time.ParseDuration(args[1]); err != nil || d <= 0 {
+						return usagef("duration %q: want a positive Go duration like 2s", args[1])
+					}
+				}
+				ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+				defer stop()
+				var res any
+				var err error
+				if mode == "rr" {
+					res, err = bench.RR(ctx, args[0], d)
+				} else {
+					res, err = bench.CRR(ctx, args[0], d)
+				}
+				if err != nil {
+					return err
+				}
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(res)
+			},
+		})
+	}
+	return cmd
+}
+
+func benchSplitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func benchOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

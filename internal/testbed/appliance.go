@@ -12,6 +12,9 @@ import (
 	"time"
 )
 
+// SocketDir holds the appliance's control sockets (NAME.sock).
+const SocketDir = "/run/appliance"
+
 // ReadyTimeout bounds how long StartAppliance waits for `appliance status`.
 const ReadyTimeout = 15 * time.Second
 
@@ -132,6 +135,7 @@ func StartAppliance(bin string, host *Netns, args ...string) (*Appliance, error)
 	for time.Now().Before(deadline) {
 		select {
 		case <-p.Done():
+			a.removeSocket()
 			return nil, fmt.Errorf("appliance %s exited with %d before it was ready\nstderr: %s", name, p.cmd.ProcessState.ExitCode(), p.Stderr())
 		default:
 		}
@@ -144,6 +148,7 @@ func StartAppliance(bin string, host *Netns, args ...string) (*Appliance, error)
 		time.Sleep(100 * time.Millisecond)
 	}
 	p.Kill()
+	a.removeSocket()
 	return nil, fmt.Errorf("appliance %s not ready after %v: %v\nstderr: %s", name, ReadyTimeout, lastErr, p.Stderr())
 }
 
@@ -179,4 +184,17 @@ func (a *Appliance) Stop() (int, error) {
 		return code, fmt.Errorf("appliance %s: %w\nstderr: %s", a.Name, err, a.Stderr())
 	}
 	return code, nil
+}
+
+// SocketPath is the instance's control socket.
+func (a *Appliance) SocketPath() string { return filepath.Join(SocketDir, a.Name+".sock") }
+
+// removeSocket removes a socket a killed instance left behind.
+func (a *Appliance) removeSocket() { _ = os.Remove(a.SocketPath()) }
+
+// Kill kills the appliance's process group and removes the control socket
+// it may have left.
+func (a *Appliance) Kill() {
+	a.Proc.Kill()
+	a.removeSocket()
 }

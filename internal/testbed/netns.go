@@ -243,10 +243,11 @@ func ip(args ...string) error {
 	return nil
 }
 
-// prepare puts cmd in its own process group, kills it with this process,
-// and makes context cancellation kill the whole group.
+// prepare puts cmd (made by exec.CommandContext) in its own process group,
+// kills it with this process, and makes context cancellation kill the
+// whole group.
 func prepare(cmd *exec.Cmd) {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	prepareAttrs(cmd)
 	cmd.Cancel = func() error {
 		if cmd.Process == nil {
 			return nil
@@ -254,7 +255,7 @@ func prepare(cmd *exec.Cmd) {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		return cmd.Process.Kill()
 	}
-	cmd.WaitDelay = 5 * time.Second
+	cmd.WaitDelay = 2 * time.Second
 }
 
 // WaitListen waits up to timeout until a socket in n listens on port
@@ -277,4 +278,10 @@ func (n *Netns) WaitListen(proto string, port int, timeout time.Duration) error 
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// prepareAttrs puts cmd in its own process group and kills it with this
+// process.
+func prepareAttrs(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 }

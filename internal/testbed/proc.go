@@ -33,8 +33,11 @@ type Proc struct {
 // get their own process group and die with this process.
 func StartCmd(cmd *exec.Cmd) (*Proc, error) {
 	if cmd.SysProcAttr == nil {
-		prepare(cmd)
+		prepareAttrs(cmd)
 	}
+	// A child that outlives the process (or a grandchild holding the
+	// output pipes) must not keep Wait, and so Done, from returning.
+	cmd.WaitDelay = time.Second
 	p := &Proc{cmd: cmd, done: make(chan struct{})}
 	cmd.Stdout = &p.stdout
 	cmd.Stderr = &p.stderr

@@ -1,0 +1,278 @@
+// Package bench measures the appliance against the kernel's own veth path
+// and other userspace stacks (pasta, slirp4netns): iperf3 throughput both
+// ways, netperf-style request/response latency (RR) and connection rate
+// (CRR). It builds throwaway network namespaces and removes them again.
+// Start with Run; RR, CRR and Serve are the netperf-style client and server.
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nsappliance/appliance/internal/testbed"
+)
+
+// Path names.
+const (
+	PathKernel      = "kernel"
+	PathAppliance   = "appliance"
+	PathPasta       = "pasta"
+	PathSlirp4netns = "slirp4netns"
+)
+
+// ComparePaths are the paths --compare may name.
+var ComparePaths = []string{PathKernel, PathPasta, PathSlirp4netns}
+
+// Config says what to measure. The zero value of each field is the
+// documented default.
+type Config struct {
+	// Bin is the appliance binary; it must provide `run` and `netperf`.
+	Bin string
+	// Mode is the appliance mode; only "gateway" (the default) is supported.
+	Mode string
+	// CC is the appliance's congestion control (--cc); empty leaves the
+	// appliance's default.
+	CC string
+	// Emulate is passed as --emulate when not empty.
+	Emulate string
+	// Time is the iperf3 duration per direction. Zero means 5s.
+	Time time.Duration
+	// RRTime is the duration of the RR and of the CRR run. Zero means 2s.
+	RRTime time.Duration
+	// Compare lists other paths to measure besides the appliance; names
+	// from ComparePaths. Nil means all of them.
+	Compare []string
+	// MTUs are the link MTUs to measure. Nil means 1500 and 65520.
+	MTUs []int
+	// Progress receives one line per step; nil discards.
+	Progress io.Writer
+}
+
+// Result is one row of the table: one path at one MTU.
+type Result struct {
+	Path string `json:"path"`
+	MTU  int    `json:"mtu"`
+	// Skipped says why the path was not measured ("not installed").
+	Skipped string `json:"skipped,omitempty"`
+	// Errors lists the measurements that failed.
+	Errors []string `json:"errors,omitempty"`
+	// UpGbps is iperf3 from the container to the server, DownGbps the
+	// reverse (-R); 0 when failed.
+	UpGbps   float64   `json:"up_gbps"`
+	DownGbps float64   `json:"down_gbps"`
+	RR       RRResult  `json:"rr"`
+	CRR      CRRResult `json:"crr"`
+}
+
+func (c *Config) defaults() error {
+	if c.Bin == "" {
+		return errors.New("bench: no appliance binary")
+	}
+	if c.Mode == "" {
+		c.Mode = "gateway"
+	}
+	if c.Mode != "gateway" {
+		return fmt.Errorf("bench: mode %q not supported (only gateway)", c.Mode)
+	}
+	if c.Time <= 0 {
+		c.Time = 5 * time.Second
+	}
+	if c.RRTime <= 0 {
+		c.RRTime = 2 * time.Second
+	}
+	if c.Compare == nil {
+		c.Compare = ComparePaths
+	}
+	for _, p := range c.Compare {
+		if !slices.Contains(ComparePaths, p) {
+			return fmt.Errorf("bench: unknown path %q to compare (want %s)", p, strings.Join(ComparePaths, ", "))
+		}
+	}
+	if c.MTUs == nil {
+		c.MTUs = []int{1500, 65520}
+	}
+	for _, m := range c.MTUs {
+		if m < 1280 || m > 65520 {
+			return fmt.Errorf("bench: mtu %d: want 1280..65520", m)
+		}
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	return nil
+}
+
+// Run measures every path at every MTU, one at a time, and returns the rows
+// in table order (per MTU: kernel, appliance, then the others). Everything it
+// creates is removed before it returns, also when ctx is canceled.
+func Run(ctx context.Context, cfg Config) ([]Result, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("bench: needs root to create network namespaces")
+	}
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		return nil, errors.New("bench: iperf3 not found (apt-get install iperf3)")
+	}
+	sweepStale()
+	var paths []string
+	if slices.Contains(cfg.Compare, PathKernel) {
+		paths = append(paths, PathKernel)
+	}
+	paths = append(paths, PathAppliance)
+	for _, p := range cfg.Compare {
+		if p != PathKernel {
+			paths = append(paths, p)
+		}
+	}
+	var results []Result
+	for _, mtu := range cfg.MTUs {
+		for _, p := range paths {
+			if ctx.Err() != nil {
+				return results, ctx.Err()
+			}
+			results = append(results, measurePath(ctx, &cfg, p, mtu))
+		}
+	}
+	return results, ctx.Err()
+}
+
+func measurePath(ctx context.Context, cfg *Config, path string, mtu int) Result {
+	r := Result{Path: path, MTU: mtu}
+	progress := func(format string, a ...any) {
+		fmt.Fprintf(cfg.Progress, "bench: %s mtu %d: %s\n", path, mtu, fmt.Sprintf(format, a...))
+	}
+	if bin := externalBinary(path); bin != "" {
+		if _, err := exec.LookPath(bin); err != nil {
+			r.Skipped = "not installed"
+			progress("not installed")
+			return r
+		}
+	}
+	progress("setting up")
+	e, err := setup(ctx, cfg, path, mtu)
+	if e != nil {
+		defer e.close()
+	}
+	if err != nil {
+		r.Errors = append(r.Errors, "setup: "+oneLine(err.Error()))
+		progress("setup failed: %v", err)
+		return r
+	}
+	fail := func(what string, err error) {
+		if ctx.Err() != nil {
+			return // interrupted: not a measurement failure
+		}
+		r.Errors = append(r.Errors, what+": "+oneLine(err.Error()))
+		progress("%s failed: %v", what, err)
+	}
+	for _, dir := range []struct {
+		name string
+		rev  bool
+		out  *float64
+	}{{"upload", false, &r.UpGbps}, {"download", true, &r.DownGbps}} {
+		if ctx.Err() != nil {
+			return r
+		}
+		progress("iperf3 %s for %v", dir.name, cfg.Time)
+		g, err := e.iperf(ctx, cfg.Time, dir.rev)
+		if err != nil {
+			fail("iperf3 "+dir.name, err)
+			continue
+		}
+		*dir.out = g
+	}
+	if ctx.Err() != nil {
+		return r
+	}
+	progress("rr for %v", cfg.RRTime)
+	if err := e.netperf(ctx, cfg, "rr", &r.RR); err != nil {
+		fail("rr", err)
+	}
+	if ctx.Err() != nil {
+		return r
+	}
+	progress("crr for %v", cfg.RRTime)
+	if err := e.netperf(ctx, cfg, "crr", &r.CRR); err != nil {
+		fail("crr", err)
+	}
+	return r
+}
+
+func externalBinary(path string) string {
+	switch path {
+	case PathPasta:
+		return "pasta"
+	case PathSlirp4netns:
+		return "slirp4netns"
+	}
+	return ""
+}
+
+// iperfJSON is the part of `iperf3 -J` we read.
+type iperfJSON struct {
+	Error string `json:"error"`
+	End   struct {
+		SumReceived struct {
+			Bytes         int64   `json:"bytes"`
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+	} `json:"end"`
+}
+
+// parseIperf returns the receiver's throughput in Gbit/s.
+func parseIperf(out []byte) (float64, error) {
+	var j iperfJSON
+	if err := json.Unmarshal(out, &j); err != nil {
+		return 0, fmt.Errorf("iperf3 output is not JSON: %w: %.200s", err, out)
+	}
+	if j.Error != "" {
+		return 0, fmt.Errorf("iperf3: %s", j.Error)
+	}
+	if j.End.SumReceived.Bytes == 0 {
+		return 0, errors.New("iperf3: no bytes received")
+	}
+	return j.End.SumReceived.BitsPerSecond / 1e9, nil
+}
+
+func oneLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i] + " ..."
+	}
+	return s
+}
+
+// nsPrefix is the prefix of every namespace a bench run makes: "apb", the
+// pid, a role letter. A later run removes namespaces of dead runs.
+func nsPrefix(role string) string { return fmt.Sprintf("apb%d%s", os.Getpid(), role) }
+
+var staleRE = regexp.MustCompile(`^apb([0-9]+)[a-z]+-[0-9a-f]{8}$`)
+
+// sweepStale removes namespaces left by bench runs that were killed hard
+// (SIGKILL leaves no chance to clean up).
+func sweepStale() {
+	names, _ := testbed.ListNetns()
+	for _, n := range names {
+		m := staleRE.FindStringSubmatch(n)
+		if m == nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(m[1])
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			continue
+		}
+		_ = exec.Command("ip", "netns", "del", n).Run()
+	}
+}

@@ -1,0 +1,195 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPercentile(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		var d []time.Duration
+		for _, x := range v {
+			d = append(d, time.Duration(x)*time.Millisecond)
+		}
+		return d
+	}
+	for _, tc := range []struct {
+		name string
+		in   []time.Duration
+		p    float64
+		want time.Duration
+	}{
+		{"empty", nil, 50, 0},
+		{"one", ms(7), 99, 7 * time.Millisecond},
+		{"p50 of 4", ms(1, 2, 3, 4), 50, 2 * time.Millisecond},
+		{"p99 of 100", ms(seq(100)...), 99, 99 * time.Millisecond},
+		{"p100", ms(1, 2, 3), 100, 3 * time.Millisecond},
+		{"p0", ms(1, 2, 3), 0, 1 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := Percentile(tc.in, tc.p); got != tc.want {
+				t.Errorf("Percentile(%v, %v) = %v, want %v", tc.in, tc.p, got, tc.want)
+			}
+		})
+	}
+}
+
+func seq(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i + 1
+	}
+	return s
+}
+
+func TestParseIperf(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     float64
+		wantErr  string
+	}{
+		{"ok", `{"end":{"sum_received":{"bytes":100,"bits_per_second":2.5e9}}}`, 2.5, ""},
+		{"error", `{"error":"unable to connect to server"}`, 0, "unable to connect"},
+		{"nothing received", `{"end":{"sum_received":{"bytes":0}}}`, 0, "no bytes"},
+		{"not json", `iperf3: error`, 0, "not JSON"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseIperf([]byte(tc.in))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("parseIperf(%q) error = %v, want %q", tc.in, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Errorf("parseIperf(%q) = %v, %v, want %v", tc.in, got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestWriteTable(t *testing.T) {
+	res := []Result{
+		{Path: PathKernel, MTU: 1500, UpGbps: 10, DownGbps: 8, RR: RRResult{P50us: 20, P99us: 40}, CRR: CRRResult{PerSec: 10000}},
+		{Path: PathAppliance, MTU: 1500, UpGbps: 5, DownGbps: 2, RR: RRResult{P50us: 50, P99us: 90}, CRR: CRRResult{PerSec: 2500},
+			Errors: []string{"crr: boom"}},
+		{Path: PathPasta, MTU: 1500, Skipped: "not installed"},
+	}
+	var b bytes.Buffer
+	if err := WriteTable(&b, res); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{"up/kernel", "0.50", "0.25", "not installed", "error: appliance mtu 1500: crr: boom"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("WriteTable output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		cfg     Config
+		wantErr string
+	}{
+		{"ok", Config{Bin: "x"}, ""},
+		{"no bin", Config{}, "no appliance binary"},
+		{"router", Config{Bin: "x", Mode: "router"}, "not supported"},
+		{"bad compare", Config{Bin: "x", Compare: []string{"gvproxy"}}, "unknown path"},
+		{"bad mtu", Config{Bin: "x", MTUs: []int{100}}, "mtu 100"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.cfg
+			err := c.defaults()
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("defaults() = %v", err)
+				}
+				if c.Time != 5*time.Second || len(c.MTUs) != 2 || len(c.Compare) != 3 {
+					t.Errorf("defaults() = %+v", c)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("defaults() = %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// startServer serves the RR/CRR protocol on loopback until the test ends.
+func startServer(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, ln) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("Serve: %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
+func TestRRAndCRRLoopback(t *testing.T) {
+	addr := startServer(t)
+	ctx := context.Background()
+	rr, err := RR(ctx, addr, 200*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rr.Transactions == 0 || rr.P50us <= 0 || rr.P99us < rr.P50us {
+		t.Errorf("RR = %+v", rr)
+	}
+	crr, err := CRR(ctx, addr, 200*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if crr.Connections == 0 || crr.Errors != 0 || crr.PerSec <= 0 {
+		t.Errorf("CRR = %+v", crr)
+	}
+}
+
+func TestRRCanceled(t *testing.T) {
+	addr := startServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	start := time.Now()
+	_, _ = RR(ctx, addr, 10*time.Second)
+	if el := time.Since(start); el > 3*time.Second {
+		t.Errorf("RR ran %v after its context was canceled", el)
+	}
+}
+
+// BenchmarkRRLoopback measures one 1-byte transaction over loopback TCP,
+// the floor under every RR number the bench table shows.
+func BenchmarkRRLoopback(b *testing.B) {
+	addr := startServer(b)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	req, resp := []byte{rrByte}, make([]byte, 1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Read(resp); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/transaction")
+}

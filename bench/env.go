@@ -1,0 +1,259 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nsappliance/appliance/internal/testbed"
+)
+
+// Addresses of the bench topologies. The server side is 198.18.0.1: on the
+// kernel path the far end of the veth, on the others an address on the host
+// namespace's lo, reached through the stack under test.
+const (
+	serverAddr  = "198.18.0.1"
+	iperfPort   = 5201
+	netperfPort = 12865
+)
+
+// env is one path's topology: the client runs in client, the servers in
+// server. close removes everything.
+type env struct {
+	bin    string
+	client *testbed.Netns
+	server *testbed.Netns
+	nss    []*testbed.Netns
+	app    *testbed.Appliance
+}
+
+func (e *env) close() {
+	if e.app != nil {
+		_, _ = e.app.Stop()
+		e.app.Kill()
+	}
+	for i := len(e.nss) - 1; i >= 0; i-- {
+		_ = e.nss[i].Close() // kills what was started in it
+	}
+}
+
+func (e *env) netns(role string) (*testbed.Netns, error) {
+	n, err := testbed.NewNetns(nsPrefix(role))
+	if err != nil {
+		return nil, err
+	}
+	e.nss = append(e.nss, n)
+	return n, nil
+}
+
+// setup builds path's topology at mtu and starts the servers. The caller
+// closes the env even when setup fails.
+func setup(ctx context.Context, cfg *Config, path string, mtu int) (*env, error) {
+	e := &env{bin: cfg.Bin}
+	var err error
+	switch path {
+	case PathKernel:
+		err = e.setupKernel(mtu)
+	case PathAppliance:
+		err = e.setupAppliance(cfg, mtu)
+	case PathPasta:
+		err = e.setupPasta(ctx, mtu)
+	case PathSlirp4netns:
+		err = e.setupSlirp(ctx, mtu)
+	default:
+		err = fmt.Errorf("unknown path %q", path)
+	}
+	if err != nil {
+		return e, err
+	}
+	return e, e.startServers()
+}
+
+// setupKernel: client <-veth-> server, both ends at mtu.
+func (e *env) setupKernel(mtu int) error {
+	c, err := e.netns("c")
+	if err != nil {
+		return err
+	}
+	s, err := e.netns("s")
+	if err != nil {
+		return err
+	}
+	v, err := testbed.Veth(c, s, []netip.Prefix{netip.MustParsePrefix("198.18.0.2/24")},
+		[]netip.Prefix{netip.MustParsePrefix(serverAddr + "/24")})
+	if err != nil {
+		return err
+	}
+	if err := c.SetMTU(v.A, mtu); err != nil {
+		return err
+	}
+	if err := s.SetMTU(v.B, mtu); err != nil {
+		return err
+	}
+	e.client, e.server = c, s
+	return nil
+}
+
+// hostWithServerAddr makes the host namespace with serverAddr on lo.
+func (e *env) hostWithServerAddr() (*testbed.Netns, error) {
+	h, err := e.netns("h")
+	if err != nil {
+		return nil, err
+	}
+	if err := h.AddAddr("lo", netip.MustParsePrefix(serverAddr+"/32")); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// setupAppliance: container -tun(mtu)-> appliance in host -> lo.
+func (e *env) setupAppliance(cfg *Config, mtu int) error {
+	h, err := e.hostWithServerAddr()
+	if err != nil {
+		return err
+	}
+	c, err := e.netns("c")
+	if err != nil {
+		return err
+	}
+	args := []string{"--netns", c.Path, "--mtu", fmt.Sprint(mtu), "--no-ipv6", "--log-level", "warn"}
+	if cfg.CC != "" {
+		args = append(args, "--cc", cfg.CC)
+	}
+	if cfg.Emulate != "" {
+		args = append(args, "--emulate", cfg.Emulate)
+	}
+	a, err := testbed.StartAppliance(cfg.Bin, h, args...)
+	if err != nil {
+		return err
+	}
+	e.app, e.client, e.server = a, c, h
+	return nil
+}
+
+// setupPasta: container -tap(mtu)-> pasta in host -> lo. pasta copies the
+// addresses of the host's default-route interface into the container, so the
+// host gets a veth to a sink namespace and a default route into it (the
+// sink has no further links: nothing leaves the test's namespaces).
+func (e *env) setupPasta(ctx context.Context, mtu int) error {
+	h, err := e.hostWithServerAddr()
+	if err != nil {
+		return err
+	}
+	k, err := e.netns("k")
+	if err != nil {
+		return err
+	}
+	if _, err := testbed.Veth(h, k, []netip.Prefix{netip.MustParsePrefix("198.18.1.1/24")},
+		[]netip.Prefix{netip.MustParsePrefix("198.18.1.2/24")}); err != nil {
+		return err
+	}
+	if err := h.IP("route", "add", "default", "via", "198.18.1.2"); err != nil {
+		return err
+	}
+	c, err := e.netns("c")
+	if err != nil {
+		return err
+	}
+	// --runas 0: as nobody, pasta cannot enter a namespace made by root.
+	if _, err := h.Start("pasta", "-f", "-q", "-4", "--runas", "0", "--config-net", "--netns", c.Path,
+		"-t", "none", "-u", "none", "-T", "none", "-U", "none", "--mtu", fmt.Sprint(mtu)); err != nil {
+		return err
+	}
+	e.client, e.server = c, h
+	if err := waitDefaultRoute(ctx, c); err != nil {
+		return err
+	}
+	// pasta's --mtu is what it advertises; make sure the link has it.
+	out, err := c.Run(ctx, "ip", "-o", "-4", "route", "show", "default")
+	if err != nil {
+		return err
+	}
+	f := strings.Fields(string(out))
+	if i := slices.Index(f, "dev"); i >= 0 && i+1 < len(f) {
+		return c.SetMTU(f[i+1], mtu)
+	}
+	return fmt.Errorf("netns %s: no device in %q", c.Name, out)
+}
+
+// setupSlirp: container -tap(mtu)-> slirp4netns in host -> lo.
+func (e *env) setupSlirp(ctx context.Context, mtu int) error {
+	h, err := e.hostWithServerAddr()
+	if err != nil {
+		return err
+	}
+	c, err := e.netns("c")
+	if err != nil {
+		return err
+	}
+	if _, err := h.Start("slirp4netns", "--configure", fmt.Sprintf("--mtu=%d", mtu),
+		"--netns-type=path", c.Path, "tap0"); err != nil {
+		return err
+	}
+	e.client, e.server = c, h
+	return waitDefaultRoute(ctx, c)
+}
+
+// waitDefaultRoute waits until a helper configured the container.
+func waitDefaultRoute(ctx context.Context, c *testbed.Netns) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, err := c.Run(ctx, "ip", "-4", "route", "show", "default")
+		if err == nil && strings.Contains(string(out), "default") {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("netns %s: no default route after 10s", c.Name)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (e *env) startServers() error {
+	if _, err := e.server.Start("iperf3", "-s", "-B", serverAddr, "-p", fmt.Sprint(iperfPort)); err != nil {
+		return err
+	}
+	if _, err := e.server.Start(e.bin, "netperf", "serve", fmt.Sprintf("%s:%d", serverAddr, netperfPort)); err != nil {
+		return err
+	}
+	if err := e.server.WaitListen("tcp", iperfPort, 5*time.Second); err != nil {
+		return err
+	}
+	return e.server.WaitListen("tcp", netperfPort, 5*time.Second)
+}
+
+// iperf runs one iperf3 test from the client and returns Gbit/s.
+func (e *env) iperf(ctx context.Context, d time.Duration, reverse bool) (float64, error) {
+	secs := max(1, int(math.Ceil(d.Seconds())))
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
+	defer cancel()
+	args := []string{"-c", serverAddr, "-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(secs), "-J"}
+	if reverse {
+		args = append(args, "-R")
+	}
+	out, err := e.client.Command(ctx, "iperf3", args...).Output()
+	g, perr := parseIperf(out)
+	if perr != nil && err != nil {
+		return 0, fmt.Errorf("%w: %v", err, perr)
+	}
+	return g, perr
+}
+
+// netperf runs `BIN netperf MODE` in the client and decodes its JSON.
+func (e *env) netperf(ctx context.Context, cfg *Config, mode string, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, cfg.RRTime+30*time.Second)
+	defer cancel()
+	cmd := e.client.Command(ctx, e.bin, "netperf", mode, fmt.Sprintf("%s:%d", serverAddr, netperfPort), cfg.RRTime.String())
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	b, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return json.Unmarshal(b, out)
+}

@@ -1,0 +1,71 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// WriteTable prints results as one table: a row per path and MTU, with
+// throughput both ways, RR latency, CRR rate and the ratios to the kernel
+// path at the same MTU. Rows that failed are listed with their errors below
+// the table.
+func WriteTable(w io.Writer, results []Result) error {
+	kernel := map[int]Result{}
+	for _, r := range results {
+		if r.Path == PathKernel && r.Skipped == "" {
+			kernel[r.MTU] = r
+		}
+	}
+	// Right-aligned numbers; the path column is padded to read left-aligned.
+	pw := len("path")
+	for _, r := range results {
+		pw = max(pw, len(r.Path))
+	}
+	left := func(s string) string { return fmt.Sprintf("%-*s", pw, s) }
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, left("path")+"\tMTU\tup Gbit/s\tdown Gbit/s\tup/kernel\tdown/kernel\tRR p50 µs\tRR p99 µs\tCRR conn/s\tCRR/kernel\t")
+	var notes []string
+	for _, r := range results {
+		if r.Skipped != "" {
+			fmt.Fprintf(tw, "%s\t%d\t%s\t\t\t\t\t\t\t\t\n", left(r.Path), r.MTU, r.Skipped)
+			continue
+		}
+		k, hasK := kernel[r.MTU]
+		cols := []string{
+			left(r.Path), fmt.Sprint(r.MTU),
+			num(r.UpGbps, "%.2f"), num(r.DownGbps, "%.2f"),
+			ratio(r.UpGbps, k.UpGbps, hasK), ratio(r.DownGbps, k.DownGbps, hasK),
+			num(r.RR.P50us, "%.0f"), num(r.RR.P99us, "%.0f"),
+			num(r.CRR.PerSec, "%.0f"), ratio(r.CRR.PerSec, k.CRR.PerSec, hasK),
+		}
+		fmt.Fprintln(tw, strings.Join(cols, "\t")+"\t")
+		for _, e := range r.Errors {
+			notes = append(notes, fmt.Sprintf("%s mtu %d: %s", r.Path, r.MTU, e))
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, n := range notes {
+		if _, err := fmt.Fprintln(w, "error:", n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func num(v float64, format string) string {
+	if v == 0 {
+		return "-"
+	}
+	return fmt.Sprintf(format, v)
+}
+
+func ratio(v, k float64, hasK bool) string {
+	if !hasK || v == 0 || k == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", v/k)
+}

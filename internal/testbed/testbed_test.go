@@ -1,0 +1,57 @@
+package testbed
+
+import (
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestUniqueName(t *testing.T) {
+	re := regexp.MustCompile(`^itc-[0-9a-f]{8}$`)
+	a, b := UniqueName("itc"), UniqueName("itc")
+	if !re.MatchString(a) || a == b {
+		t.Errorf("UniqueName(itc) = %q, %q; want distinct names matching %s", a, b, re)
+	}
+}
+
+// TestProc runs a real (namespace-free) process: output capture, exit
+// codes, Stop and PidsWithArgs.
+func TestProc(t *testing.T) {
+	p, err := StartCmd(exec.Command("sh", "-c", "echo ready; echo oops >&2; exit 3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WaitOutput("ready", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	code, err := p.Wait(5 * time.Second)
+	if err != nil || code != 3 {
+		t.Errorf("Wait = %d, %v, want 3", code, err)
+	}
+	if got := strings.TrimSpace(p.Stderr()); got != "oops" {
+		t.Errorf("Stderr = %q, want oops", got)
+	}
+
+	marker := UniqueName("marker")
+	p, err = StartCmd(exec.Command("sh", "-c", "echo ready; sleep 30; true", marker))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WaitOutput("ready", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if pids := PidsWithArgs("echo ready; sleep 30; true", marker); len(pids) != 1 || pids[0] != p.Pid() {
+		t.Errorf("PidsWithArgs(..., %s) = %v, want [%d]", marker, pids, p.Pid())
+	}
+	if _, err := p.Wait(10 * time.Millisecond); err == nil {
+		t.Error("Wait on a sleeping process returned no error")
+	}
+	if code, err := p.Stop(5 * time.Second); err != nil || code != -1 {
+		t.Errorf("Stop = %d, %v, want -1 (killed by SIGTERM)", code, err)
+	}
+	if pids := PidsWithArgs("echo ready; sleep 30; true", marker); len(pids) != 0 {
+		t.Errorf("PidsWithArgs after Stop = %v", pids)
+	}
+}
