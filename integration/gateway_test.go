@@ -529,3 +529,23 @@ func TestBadFlag(t *testing.T) {
 		})
 	}
 }
+
+// TestNamespaceGone deletes the container's namespace under a running
+// appliance: it must notice, say so, and exit non-zero without spinning.
+func TestNamespaceGone(t *testing.T) {
+	tp := newTopo(t, topoOpts{})
+	if err := tp.cont.Close(); err != nil {
+		t.Fatal(err)
+	}
+	code, err := tp.app.Proc.Wait(10 * time.Second)
+	if err != nil {
+		t.Fatalf("appliance still running 10s after its namespace was deleted: %v\nstderr: %s", err, tail(tp.app.Stderr(), 2000))
+	}
+	if code == 0 {
+		t.Errorf("exit code = 0 after the namespace died, want non-zero")
+	}
+	if !strings.Contains(tp.app.Stderr(), "went away") {
+		t.Errorf("stderr does not say the tun device went away:\n%s", tail(tp.app.Stderr(), 2000))
+	}
+	checkGone(t, tp.app.Name, nil)
+}

@@ -7,10 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"unsafe"
 
@@ -80,8 +80,9 @@ var offloadSets = []int{
 // Create makes a TUN device inside the network namespace at nsPath (a
 // /run/netns/NAME or /proc/PID/ns/net path) and configures its MTU,
 // addresses, default routes and link state there through netlink. The
-// returned file descriptor belongs to the calling process's namespace; the
-// device disappears when it is closed.
+// returned file descriptor belongs to the calling process's namespace and
+// holds no reference on the target: when the target namespace dies, the
+// device goes with it and reads fail. Closing the file removes the device.
 func Create(nsPath string, cfg Config) (*Device, error) {
 	if cfg.Name == "" {
 		cfg.Name = "tun0"
@@ -105,16 +106,18 @@ func Create(nsPath string, cfg Config) (*Device, error) {
 	}
 	defer target.Close()
 
-	var dev *Device
-	if err := inNetns(target, func() error {
-		var err error
-		dev, err = open(cfg)
-		return err
-	}); err != nil {
+	// Open the device here under a temporary name and move it into the
+	// target. A TUN fd's socket holds a reference on the namespace it was
+	// opened in; opened inside the target, it would keep that namespace
+	// alive after its last process and its bind mount are gone, and the
+	// appliance could never notice the container dying.
+	tmp := fmt.Sprintf("apl%08x", rand.Uint32())
+	dev, err := open(tmp, cfg.DisableOffload)
+	if err != nil {
 		return nil, err
 	}
 	dev.MTU = cfg.MTU
-	if err := configure(target, dev, cfg); err != nil {
+	if err := moveAndConfigure(target, dev, tmp, cfg); err != nil {
 		dev.File.Close()
 		return nil, err
 	}
@@ -122,56 +125,33 @@ func Create(nsPath string, cfg Config) (*Device, error) {
 	return dev, nil
 }
 
-// inNetns runs f on an OS thread switched into ns, then switches back. If the
-// thread cannot return to its namespace it stays locked, so the runtime
-// retires it instead of reusing a thread in the wrong namespace.
-func inNetns(ns netns.NsHandle, f func() error) error {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("get current netns: %w", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns: %w", err)
-	}
-	ferr := f()
-	if err := netns.Set(orig); err != nil {
-		return fmt.Errorf("return to own netns: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
-
-// open opens /dev/net/tun in the current thread's namespace.
-func open(cfg Config) (*Device, error) {
-	if cfg.DisableOffload {
-		return openWater(cfg.Name)
+// open opens /dev/net/tun in the calling thread's namespace.
+func open(name string, disableOffload bool) (*Device, error) {
+	if disableOffload {
+		return openWater(name)
 	}
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
 	}
-	ifr, err := unix.NewIfreq(cfg.Name)
+	ifr, err := unix.NewIfreq(name)
 	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("tun name %q: %w", cfg.Name, err)
+		return nil, fmt.Errorf("tun name %q: %w", name, err)
 	}
 	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
 			// No virtio-net header support: plain TUN.
-			return openWater(cfg.Name)
+			return openWater(name)
 		}
-		return nil, fmt.Errorf("create tun %q: %w", cfg.Name, err)
+		return nil, fmt.Errorf("create tun %q: %w", name, err)
 	}
 	hdrSize := vnetHdrLen
 	if err := ioctlInt(fd, unix.TUNSETVNETHDRSZ, &hdrSize); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("tun %q: set vnet header size: %w", cfg.Name, err)
+		return nil, fmt.Errorf("tun %q: set vnet header size: %w", name, err)
 	}
 	offloads := 0
 	for _, set := range offloadSets {
@@ -214,17 +194,32 @@ func openWater(name string) (*Device, error) {
 	return &Device{File: f, Name: ifce.Name()}, nil
 }
 
-// configure sets MTU, addresses, link state and routes inside ns.
-func configure(ns netns.NsHandle, dev *Device, cfg Config) error {
+// moveAndConfigure moves the device named tmp into ns, renames it to
+// cfg.Name there and sets MTU, addresses, link state and routes.
+func moveAndConfigure(ns netns.NsHandle, dev *Device, tmp string, cfg Config) error {
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return fmt.Errorf("netlink in target netns: %w", err)
 	}
 	defer h.Close()
-	link, err := h.LinkByName(dev.Name)
-	if err != nil {
-		return fmt.Errorf("find %s in target netns: %w", dev.Name, err)
+	if _, err := h.LinkByName(cfg.Name); err == nil {
+		return fmt.Errorf("target netns already has a device named %q (choose another with --tun)", cfg.Name)
 	}
+	own, err := netlink.LinkByName(tmp)
+	if err != nil {
+		return fmt.Errorf("find new tun %s: %w", tmp, err)
+	}
+	if err := netlink.LinkSetNsFd(own, int(ns)); err != nil {
+		return fmt.Errorf("move tun into target netns: %w", err)
+	}
+	link, err := h.LinkByName(tmp)
+	if err != nil {
+		return fmt.Errorf("find %s in target netns: %w", tmp, err)
+	}
+	if err := h.LinkSetName(link, cfg.Name); err != nil {
+		return fmt.Errorf("rename %s to %s in target netns: %w", tmp, cfg.Name, err)
+	}
+	dev.Name = cfg.Name
 	if err := h.LinkSetMTU(link, cfg.MTU); err != nil {
 		return fmt.Errorf("set mtu %d on %s: %w", cfg.MTU, dev.Name, err)
 	}
