@@ -47,6 +47,9 @@ the kernel path and removes everything it made, also on Ctrl-C.`,
 			if mode != "gateway" {
 				return usagef("--mode %q: bench supports gateway", mode)
 			}
+			if emulate != "" {
+				return usagef("--emulate: link emulation is not built yet (router mode and emulation issue)")
+			}
 			if dur <= 0 || rrDur <= 0 {
 				return usagef("--time and --rr-time must be positive")
 			}
@@ -94,7 +97,7 @@ the kernel path and removes everything it made, also on Ctrl-C.`,
 	fl := cmd.Flags()
 	fl.StringVar(&mode, "mode", "gateway", "appliance mode to measure (gateway)")
 	fl.StringVar(&cc, "cc", "", "the appliance's TCP congestion control (default: the appliance's default)")
-	fl.StringVar(&emulate, "emulate", "", "link emulation SPEC passed to the appliance (--emulate)")
+	fl.StringVar(&emulate, "emulate", "", "link emulation SPEC passed to the appliance (--emulate; not available yet)")
 	fl.DurationVar(&dur, "time", 5*time.Second, "iperf3 duration per direction (whole seconds)")
 	fl.DurationVar(&rrDur, "rr-time", 2*time.Second, "duration of the RR and of the CRR test")
 	fl.StringVar(&compare, "compare", strings.Join(bench.ComparePaths, ","), "other paths to measure: "+strings.Join(bench.ComparePaths, ",")+" (comma-separated; missing tools print \"not installed\")")
