@@ -505,14 +505,25 @@ func TestConnChurn(t *testing.T) {
 func TestBadFlag(t *testing.T) {
 	requireRoot(t)
 	host := newNetns(t, "ith")
-	for _, args := range [][]string{
-		{"run", "--mtu", "abc"},
-		{"run", "--no-such-flag"},
+	cont := newNetns(t, "itc")
+	noCaps := []string{"setpriv", "--inh-caps=-all", "--bounding-set=-all", "--reuid=65534", "--regid=65534", "--clear-groups", applianceBin}
+	for _, tc := range []struct {
+		args    []string
+		mention string
+	}{
+		{[]string{applianceBin, "run", "--mtu", "abc"}, "mtu"},
+		{[]string{applianceBin, "run", "--no-such-flag"}, "no-such-flag"},
+		{[]string{applianceBin, "run", "--netns", "/run/netns/no-such-ns-" + cont.Name}, "no-such-ns"},
+		{[]string{applianceBin, "run", "--cidr", "10.0.0.0/30", "--netns", cont.Path}, "cidr"},
+		{[]string{applianceBin, "run", "--cc", "nosuchcc", "--netns", cont.Path}, "nosuchcc"},
+		{[]string{applianceBin, "run", "-p", "8080", "--netns", cont.Path}, "publish"},
+		{append(noCaps, "run", "--netns", cont.Path), "CAP_NET_ADMIN"},
 	} {
-		t.Run(strings.Join(args, " "), func(t *testing.T) {
+		args := tc.args
+		t.Run(strings.Join(args[1:], " "), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			cmd := host.Command(ctx, applianceBin, args...)
+			cmd := host.Command(ctx, args[0], args[1:]...)
 			var stdout, stderr strings.Builder
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			err := cmd.Run()
@@ -522,6 +533,12 @@ func TestBadFlag(t *testing.T) {
 			msg := strings.TrimSpace(stderr.String())
 			if msg == "" || strings.Contains(msg, "\n") {
 				t.Errorf("appliance %s: stderr = %q, want one line", strings.Join(args, " "), msg)
+			}
+			if !strings.Contains(msg, tc.mention) {
+				t.Errorf("appliance %s: stderr = %q, want it to name %q", strings.Join(args, " "), msg, tc.mention)
+			}
+			if out, err := cont.Run(ctx, "ip", "link", "show", "tun0"); err == nil {
+				t.Errorf("a rejected run left tun0 in the namespace:\n%s", out)
 			}
 			if stdout.Len() > 0 {
 				t.Errorf("appliance %s: stdout = %q, want none", strings.Join(args, " "), stdout.String())
