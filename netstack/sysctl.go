@@ -58,42 +58,24 @@ func newSysctls(s *Stack) *Sysctls {
 			return string(v), Error("get available cc", err)
 		},
 	}
-	y.keys["net.ipv4.tcp_rmem"] = sysctlKey{
-		get: func() (string, error) {
+	y.keys["net.ipv4.tcp_rmem"] = bufKey(s, "tcp_rmem",
+		func() (int, int, int, tcpip.Error) {
 			var v tcpip.TCPReceiveBufferSizeRangeOption
 			err := s.TransportProtocolOption(tcp.ProtocolNumber, &v)
-			return fmt.Sprintf("%d\t%d\t%d", v.Min, v.Default, v.Max), Error("get tcp_rmem", err)
+			return v.Min, v.Default, v.Max, err
 		},
-		set: func(v string) error {
-			n, err := ints(v, 3)
-			if err != nil {
-				return err
-			}
-			if err := bufRange(n); err != nil {
-				return err
-			}
-			o := tcpip.TCPReceiveBufferSizeRangeOption{Min: n[0], Default: n[1], Max: n[2]}
-			return Error("set tcp_rmem", s.SetTransportProtocolOption(tcp.ProtocolNumber, &o))
-		},
-	}
-	y.keys["net.ipv4.tcp_wmem"] = sysctlKey{
-		get: func() (string, error) {
+		func(min, def, max int) tcpip.SettableTransportProtocolOption {
+			return &tcpip.TCPReceiveBufferSizeRangeOption{Min: min, Default: def, Max: max}
+		})
+	y.keys["net.ipv4.tcp_wmem"] = bufKey(s, "tcp_wmem",
+		func() (int, int, int, tcpip.Error) {
 			var v tcpip.TCPSendBufferSizeRangeOption
 			err := s.TransportProtocolOption(tcp.ProtocolNumber, &v)
-			return fmt.Sprintf("%d\t%d\t%d", v.Min, v.Default, v.Max), Error("get tcp_wmem", err)
+			return v.Min, v.Default, v.Max, err
 		},
-		set: func(v string) error {
-			n, err := ints(v, 3)
-			if err != nil {
-				return err
-			}
-			if err := bufRange(n); err != nil {
-				return err
-			}
-			o := tcpip.TCPSendBufferSizeRangeOption{Min: n[0], Default: n[1], Max: n[2]}
-			return Error("set tcp_wmem", s.SetTransportProtocolOption(tcp.ProtocolNumber, &o))
-		},
-	}
+		func(min, def, max int) tcpip.SettableTransportProtocolOption {
+			return &tcpip.TCPSendBufferSizeRangeOption{Min: min, Default: def, Max: max}
+		})
 	y.keys["net.ipv4.tcp_sack"] = boolKey(s, func() tcpip.GettableTransportProtocolOption { return new(tcpip.TCPSACKEnabled) },
 		func(p tcpip.GettableTransportProtocolOption) bool { return bool(*p.(*tcpip.TCPSACKEnabled)) },
 		func(b bool) tcpip.SettableTransportProtocolOption { o := tcpip.TCPSACKEnabled(b); return &o })
@@ -148,6 +130,26 @@ func newSysctls(s *Stack) *Sysctls {
 		}
 	}
 	return y
+}
+
+// bufKey is a "min default max" buffer range key (tcp_rmem, tcp_wmem).
+func bufKey(s *Stack, name string, get func() (int, int, int, tcpip.Error), mk func(min, def, max int) tcpip.SettableTransportProtocolOption) sysctlKey {
+	return sysctlKey{
+		get: func() (string, error) {
+			min, def, max, err := get()
+			return fmt.Sprintf("%d\t%d\t%d", min, def, max), Error("get "+name, err)
+		},
+		set: func(v string) error {
+			n, err := ints(v, 3)
+			if err != nil {
+				return err
+			}
+			if err := bufRange(n); err != nil {
+				return err
+			}
+			return Error("set "+name, s.SetTransportProtocolOption(tcp.ProtocolNumber, mk(n[0], n[1], n[2])))
+		},
+	}
 }
 
 func boolKey(s *Stack, zero func() tcpip.GettableTransportProtocolOption, val func(tcpip.GettableTransportProtocolOption) bool, mk func(bool) tcpip.SettableTransportProtocolOption) sysctlKey {
