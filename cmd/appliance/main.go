@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -48,7 +49,7 @@ func exitCode(err error) int {
 func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", "; ") }
 
 func newRootCmd() *cobra.Command {
-	var logLevel, cpuProfile string
+	var logLevel, cpuProfile, traceFile string
 	root := &cobra.Command{
 		Use:   "appliance",
 		Short: "A sandboxed network appliance on gVisor's userspace TCP/IP stack",
@@ -73,16 +74,30 @@ ordinary host sockets (gateway mode).`,
 					return err
 				}
 			}
+			if traceFile != "" {
+				f, err := os.Create(traceFile)
+				if err != nil {
+					return usagef("--trace: %v", err)
+				}
+				if err := trace.Start(f); err != nil {
+					return err
+				}
+			}
 			return nil
 		},
 		PersistentPostRun: func(cmd *cobra.Command, args []string) {
 			if cpuProfile != "" {
 				pprof.StopCPUProfile()
 			}
+			if traceFile != "" {
+				trace.Stop()
+			}
 		},
 	}
 	root.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile to FILE (for developers)")
+	root.PersistentFlags().StringVar(&traceFile, "trace", "", "write a Go execution trace to FILE (for developers)")
 	_ = root.PersistentFlags().MarkHidden("cpuprofile")
+	_ = root.PersistentFlags().MarkHidden("trace")
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error (logs go to stderr)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newRunCmd(), newSysctlCmd(), newStatusCmd(), newBenchCmd(), newNetperfCmd())
