@@ -126,7 +126,12 @@ func NewEndpoint(dev *Device, opts EndpointOptions) (*Endpoint, error) {
 		uso:    make([]byte, maxPacket),
 	}
 	e.mtu.Store(uint32(dev.MTU))
-	e.gro.Init(!opts.DisableGRO)
+	// GRO validates a TCP segment's checksum, merges, and marks the result
+	// validated; nic.DeliverNetworkPacket then resets that mark from the
+	// NIC's capabilities and TCP rejects the merged packet's (stale)
+	// checksum. So GRO runs only where the NIC declares RX checksum
+	// offload: with a virtio-net header.
+	e.gro.Init(!opts.DisableGRO && dev.VnetHdr)
 	return e, nil
 }
 

@@ -87,6 +87,8 @@ type Status struct {
 	// Flows is a number or an object of per-protocol numbers; FlowCount
 	// reads either.
 	Flows json.RawMessage `json:"flows"`
+	// Offloads names the TUN offloads in force ("none" without).
+	Offloads string `json:"offloads"`
 }
 
 // FlowCount is the number of open flows: Flows itself or the sum of its
