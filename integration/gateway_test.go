@@ -612,3 +612,26 @@ func TestAttachModes(t *testing.T) {
 		}
 	})
 }
+
+// TestPcap: --pcap writes the container link's packets where tcpdump reads
+// them, the handshake included.
+func TestPcap(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "link.pcap")
+	tp := newTopo(t, topoOpts{args: []string{"--pcap", file}})
+	url := fmt.Sprintf("http://198.18.0.2:%d/", httpPort)
+	run(t, tp.cont, 20*time.Second, "curl", "-sS", "--max-time", "10", url)
+	if code, err := tp.app.Stop(); err != nil || code != 0 {
+		t.Fatalf("stop: %d, %v", code, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "tcpdump", "-nn", "-r", file, "tcp port 8000 and tcp[tcpflags] & tcp-syn != 0").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tcpdump -r %s: %v\n%s", file, err, out)
+	}
+	syn := regexp.MustCompile(`10\.0\.2\.100\.\d+ > 198\.18\.0\.2\.8000: Flags \[S\]`)
+	synack := regexp.MustCompile(`198\.18\.0\.2\.8000 > 10\.0\.2\.100\.\d+: Flags \[S\.\]`)
+	if !syn.Match(out) || !synack.Match(out) {
+		t.Errorf("pcap lacks the SYN and SYN-ACK of the curl connection:\n%s", out)
+	}
+}

@@ -20,8 +20,10 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/nsappliance/appliance/appliance"
+	"github.com/nsappliance/appliance/capture"
 	"github.com/nsappliance/appliance/control"
 	"github.com/nsappliance/appliance/netstack"
 	"github.com/nsappliance/appliance/tun"
@@ -45,6 +47,7 @@ type runFlags struct {
 	maxPending   int
 	udpIdle      time.Duration
 	maxUDP       int
+	pcap         string
 }
 
 func newRunCmd() *cobra.Command {
@@ -89,6 +92,7 @@ drain for --grace, and exit 0. With COMMAND, it exits with COMMAND's status.`,
 	fl.IntVar(&f.maxPending, "max-pending-syn", 4096, "connections whose host-side dial may be under way at once")
 	fl.DurationVar(&f.udpIdle, "udp-timeout", 60*time.Second, "idle timeout of a UDP flow")
 	fl.IntVar(&f.maxUDP, "max-udp-flows", 4096, "concurrent UDP flows; new flows beyond it are dropped")
+	fl.StringVar(&f.pcap, "pcap", "", "write every packet on the container link to FILE (pcap, tcpdump-readable)")
 	return cmd
 }
 
@@ -235,7 +239,16 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 		dev.File.Close()
 		return err
 	}
-	gw, err := appliance.NewGateway(ep, opts)
+	var link stack.LinkEndpoint = ep
+	if f.pcap != "" {
+		var pf *capture.File
+		if link, pf, err = capture.Wrap(ep, f.pcap, log); err != nil {
+			ep.Close()
+			return err
+		}
+		defer pf.Close() // after the gateway (deferred below) is closed
+	}
+	gw, err := appliance.NewGateway(link, opts)
 	if err != nil {
 		ep.Close()
 		return err
