@@ -635,3 +635,23 @@ func TestPcap(t *testing.T) {
 		t.Errorf("pcap lacks the SYN and SYN-ACK of the curl connection:\n%s", out)
 	}
 }
+
+// TestMetrics: --metrics serves Prometheus text with netstack's, the link's
+// and the relay's counters, and they move with traffic.
+func TestMetrics(t *testing.T) {
+	tp := newTopo(t, topoOpts{args: []string{"--metrics", "127.0.0.1:9469"}})
+	url := fmt.Sprintf("http://198.18.0.2:%d/", httpPort)
+	run(t, tp.cont, 20*time.Second, "curl", "-sS", "--max-time", "10", url)
+	out := run(t, tp.host, 10*time.Second, "curl", "-sS", "--max-time", "5", "http://127.0.0.1:9469/metrics")
+	for _, re := range []string{
+		`(?m)^appliance_link_rx_packets_total [1-9]`,
+		`(?m)^appliance_gateway_tcp_flows_opened_total [1-9]`,
+		`(?m)^appliance_netstack_tcp_valid_segments_received_total [1-9]`,
+		`(?m)^appliance_flows_tcp \d`,
+		`(?m)^go_goroutines \d`,
+	} {
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("metrics lack %s", re)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"github.com/nsappliance/appliance/appliance"
 	"github.com/nsappliance/appliance/capture"
 	"github.com/nsappliance/appliance/control"
+	"github.com/nsappliance/appliance/metrics"
 	"github.com/nsappliance/appliance/netstack"
 	"github.com/nsappliance/appliance/tun"
 )
@@ -48,6 +50,7 @@ type runFlags struct {
 	udpIdle      time.Duration
 	maxUDP       int
 	pcap         string
+	metrics      string
 }
 
 func newRunCmd() *cobra.Command {
@@ -92,6 +95,7 @@ drain for --grace, and exit 0. With COMMAND, it exits with COMMAND's status.`,
 	fl.IntVar(&f.maxPending, "max-pending-syn", 4096, "connections whose host-side dial may be under way at once")
 	fl.DurationVar(&f.udpIdle, "udp-timeout", 60*time.Second, "idle timeout of a UDP flow")
 	fl.IntVar(&f.maxUDP, "max-udp-flows", 4096, "concurrent UDP flows; new flows beyond it are dropped")
+	fl.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on ADDR (host:port, in the appliance's own namespace) at /metrics")
 	fl.StringVar(&f.pcap, "pcap", "", "write every packet on the container link to FILE (pcap, tcpdump-readable)")
 	return cmd
 }
@@ -143,6 +147,11 @@ func parseRun(f runFlags) (appliance.Options, error) {
 	}
 	if f.udpIdle <= 0 {
 		return o, usagef("--udp-timeout %v: must be positive", f.udpIdle)
+	}
+	if f.metrics != "" {
+		if _, _, err := net.SplitHostPort(f.metrics); err != nil {
+			return o, usagef("--metrics %q: want HOST:PORT", f.metrics)
+		}
 	}
 	if f.grace < 0 {
 		return o, usagef("--grace %v: must not be negative", f.grace)
@@ -254,6 +263,25 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 		return err
 	}
 	defer gw.Close()
+
+	if f.metrics != "" {
+		stats := gw.Stack().Stats()
+		reg, err := metrics.New(&stats,
+			metrics.Source{Name: "link", Help: "container TUN link counters", Read: ep.Stats().Map},
+			metrics.Source{Name: "gateway", Help: "gateway relay counters", Read: gw.Counters},
+			metrics.Source{Name: "flows", Help: "open relayed flows", Kind: metrics.Gauge, Read: func() map[string]uint64 {
+				fc := gw.Flows()
+				return map[string]uint64{"tcp": uint64(fc.TCP), "udp": uint64(fc.UDP), "icmp": uint64(fc.ICMP)}
+			}})
+		if err != nil {
+			return err
+		}
+		ms, err := metrics.Serve(f.metrics, reg, log)
+		if err != nil {
+			return err
+		}
+		defer ms.Close()
+	}
 
 	mux := http.NewServeMux()
 	control.HandleSysctl(mux, gw.Stack().Sysctl())
