@@ -655,3 +655,30 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 }
+
+// TestStats: `appliance stats` prints nstat-style lines whose counters
+// follow the traffic, and filters by glob.
+func TestStats(t *testing.T) {
+	tp := newTopo(t, topoOpts{})
+	run(t, tp.cont, 10*time.Second, "ping", "-c", "3", "-W", "2", "198.18.0.2")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := tp.app.Ctl(ctx, "stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, re := range []string{`(?m)^#appliance$`, `(?m)^gateway_pings_replied\s+3$`, `(?m)^link_rx_packets\s+[1-9]`, `(?m)^netstack_ip_packets_received\s+[1-9]`} {
+		if !regexp.MustCompile(re).Match(out) {
+			t.Errorf("appliance stats lacks %s:\n%s", re, out)
+		}
+	}
+	out, err = tp.app.Ctl(ctx, "stats", "gateway_ping*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n")[1:] {
+		if !strings.HasPrefix(line, "gateway_ping") {
+			t.Errorf("stats 'gateway_ping*' printed %q", line)
+		}
+	}
+}

@@ -1,7 +1,7 @@
 // Package metrics serves the appliance's counters in Prometheus' text
-// format with the official client library: netstack's own statistics
-// (tcpip.Stats, every counter), and named counter sets the caller supplies
-// (link, relay). Start with New, then Serve.
+// format with the official client library: named counter sets the caller
+// supplies (netstack's statistics, link, relay). Start with New, then
+// Serve.
 package metrics
 
 import (
@@ -10,16 +10,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"reflect"
 	"strings"
 	"sync"
 	"time"
-	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"gvisor.dev/gvisor/pkg/tcpip"
 )
 
 // Namespace prefixes every metric name.
@@ -44,9 +41,9 @@ type Source struct {
 	Read func() map[string]uint64
 }
 
-// New returns a registry with Go runtime and process metrics, netstack's
-// statistics from stats (may be nil) and the sources.
-func New(stats *tcpip.Stats, sources ...Source) (*prometheus.Registry, error) {
+// New returns a registry with Go runtime and process metrics and the
+// sources.
+func New(sources ...Source) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
 	if err := reg.Register(collectors.NewGoCollector()); err != nil {
 		return nil, err
@@ -59,7 +56,7 @@ func New(stats *tcpip.Stats, sources ...Source) (*prometheus.Registry, error) {
 			return nil, fmt.Errorf("metrics source %q: needs a name and a Read func", s.Name)
 		}
 	}
-	if err := reg.Register(&collector{stats: stats, sources: sources}); err != nil {
+	if err := reg.Register(&collector{sources: sources}); err != nil {
 		return nil, err
 	}
 	return reg, nil
@@ -68,19 +65,12 @@ func New(stats *tcpip.Stats, sources ...Source) (*prometheus.Registry, error) {
 // collector is unchecked (Describe sends nothing): the set of counters is
 // read from the structures at scrape time.
 type collector struct {
-	stats   *tcpip.Stats
 	sources []Source
 }
 
 func (*collector) Describe(chan<- *prometheus.Desc) {}
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	if c.stats != nil {
-		walkStats(reflect.ValueOf(c.stats).Elem(), "netstack", func(name string, v uint64) {
-			desc := prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", name+"_total"), "netstack counter (tcpip.Stats)", nil, nil)
-			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v))
-		})
-	}
 	for _, s := range c.sources {
 		vt := prometheus.CounterValue
 		if s.Kind == Gauge {
@@ -94,54 +84,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(name, s.Help, nil, nil), vt, float64(v))
 		}
 	}
-}
-
-var statCounterType = reflect.TypeOf((*tcpip.StatCounter)(nil))
-
-// walkStats calls emit for every *tcpip.StatCounter reachable through
-// struct fields of v, named by the snake_case field path.
-func walkStats(v reflect.Value, prefix string, emit func(string, uint64)) {
-	t := v.Type()
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		if !f.IsExported() {
-			continue
-		}
-		fv := v.Field(i)
-		name := prefix + "_" + snake(f.Name)
-		switch {
-		case f.Type == statCounterType:
-			if !fv.IsNil() {
-				emit(name, fv.Interface().(*tcpip.StatCounter).Value())
-			}
-		case f.Type.Kind() == reflect.Struct:
-			walkStats(fv, name, emit)
-		case f.Type.Kind() == reflect.Pointer && f.Type.Elem().Kind() == reflect.Struct && !fv.IsNil():
-			walkStats(fv.Elem(), name, emit)
-		}
-	}
-}
-
-// snake turns a Go field name into snake_case: PacketsReceived ->
-// packets_received, ICMPv4 -> icmpv4, MalformedRcvdPackets ->
-// malformed_rcvd_packets.
-func snake(s string) string {
-	r := []rune(s)
-	var b strings.Builder
-	for i, c := range r {
-		if unicode.IsUpper(c) && i > 0 {
-			prev := r[i-1]
-			// A lower-case letter after an acronym starts a word, except
-			// the version in ICMPv4 / IPv6.
-			nextLower := i+1 < len(r) && unicode.IsLower(r[i+1]) &&
-				!(r[i+1] == 'v' && i+2 < len(r) && unicode.IsDigit(r[i+2]))
-			if unicode.IsLower(prev) || unicode.IsDigit(prev) || (unicode.IsUpper(prev) && nextLower) {
-				b.WriteByte('_')
-			}
-		}
-		b.WriteRune(unicode.ToLower(c))
-	}
-	return b.String()
 }
 
 // Server serves /metrics.

@@ -5,29 +5,11 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-
-	"gvisor.dev/gvisor/pkg/tcpip"
 )
 
-func TestSnake(t *testing.T) {
-	for in, want := range map[string]string{
-		"PacketsReceived":      "packets_received",
-		"ICMPv4":               "icmpv4",
-		"TCP":                  "tcp",
-		"MalformedRcvdPackets": "malformed_rcvd_packets",
-		"IPStats":              "ip_stats",
-		"V4":                   "v4",
-	} {
-		if got := snake(in); got != want {
-			t.Errorf("snake(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestServe(t *testing.T) {
-	stats := tcpip.Stats{}.FillIn()
-	stats.TCP.ActiveConnectionOpenings.IncrementBy(7)
-	reg, err := New(&stats,
+	reg, err := New(
+		Source{Name: "netstack", Help: "netstack counters", Read: func() map[string]uint64 { return map[string]uint64{"tcp_active_connection_openings": 7} }},
 		Source{Name: "link", Help: "TUN link counters", Read: func() map[string]uint64 { return map[string]uint64{"rx_packets": 42} }},
 		Source{Name: "flows", Help: "open flows", Kind: Gauge, Read: func() map[string]uint64 { return map[string]uint64{"tcp": 3} }},
 	)
@@ -56,7 +38,7 @@ func TestServe(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	if _, err := New(nil, Source{Name: "x"}); err == nil {
+	if _, err := New(Source{Name: "x"}); err == nil {
 		t.Error("New with a source without Read: want error")
 	}
 }

@@ -265,8 +265,8 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	defer gw.Close()
 
 	if f.metrics != "" {
-		stats := gw.Stack().Stats()
-		reg, err := metrics.New(&stats,
+		reg, err := metrics.New(
+			metrics.Source{Name: "netstack", Help: "netstack counter (tcpip.Stats)", Read: gw.Stack().Counters},
 			metrics.Source{Name: "link", Help: "container TUN link counters", Read: ep.Stats().Map},
 			metrics.Source{Name: "gateway", Help: "gateway relay counters", Read: gw.Counters},
 			metrics.Source{Name: "flows", Help: "open relayed flows", Kind: metrics.Gauge, Read: func() map[string]uint64 {
@@ -285,6 +285,11 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 
 	mux := http.NewServeMux()
 	control.HandleSysctl(mux, gw.Stack().Sysctl())
+	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
+		control.WriteJSON(w, http.StatusOK, map[string]map[string]uint64{
+			"netstack": gw.Stack().Counters(), "link": ep.Stats().Map(), "gateway": gw.Counters(),
+		})
+	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		control.WriteJSON(w, http.StatusOK, status{
 			Name: f.name, Mode: "gateway", PID: os.Getpid(), Goroutines: runtime.NumGoroutine(),

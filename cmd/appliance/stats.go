@@ -1,0 +1,85 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"path"
+	"sort"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nsappliance/appliance/control"
+)
+
+func newStatsCmd() *cobra.Command {
+	var name string
+	var zeros bool
+	cmd := &cobra.Command{
+		Use:   "stats [-z] [PATTERN...]",
+		Short: "Print a running appliance's packet counters, like nstat",
+		Long: `Prints the counters of a running appliance, one per line, as nstat(8)
+does: netstack's own statistics (netstack_*: IP, ICMP, TCP, UDP, NIC,
+forwarding), the container link's (link_*: packets, bytes, GSO, errors) and
+the relay's (gateway_*: flows, dial failures, policy denials, pings).
+Counters that are zero are left out unless -z. PATTERNs are shell globs
+matched against the names (e.g. 'netstack_tcp_*').`,
+		Example: `  appliance stats
+  appliance stats -z 'link_*'
+  appliance stats 'netstack_tcp_*' 'gateway_*'`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			for _, p := range args {
+				if _, err := path.Match(p, ""); err != nil {
+					return usagef("pattern %q: %v", p, err)
+				}
+			}
+			c, err := control.NewClient(name)
+			if err != nil {
+				return usageError{err}
+			}
+			var groups map[string]map[string]uint64
+			if err := c.Do(cmd.Context(), http.MethodGet, "/v1/stats", nil, &groups); err != nil {
+				return err
+			}
+			printStats(cmd.OutOrStdout(), groups, zeros, args)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&zeros, "zeros", "z", false, "print counters that are zero too")
+	cmd.Flags().StringVar(&name, "name", "default", "instance name")
+	return cmd
+}
+
+func printStats(w io.Writer, groups map[string]map[string]uint64, zeros bool, patterns []string) {
+	type kv struct {
+		k string
+		v uint64
+	}
+	var rows []kv
+	for g, m := range groups {
+		for k, v := range m {
+			name := g + "_" + k
+			if (v == 0 && !zeros) || !matchAny(patterns, name) {
+				continue
+			}
+			rows = append(rows, kv{name, v})
+		}
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].k < rows[j].k })
+	fmt.Fprintln(w, "#appliance")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%-56s %d\n", r.k, r.v)
+	}
+}
+
+func matchAny(patterns []string, name string) bool {
+	if len(patterns) == 0 {
+		return true
+	}
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, name); ok {
+			return true
+		}
+	}
+	return false
+}
