@@ -77,10 +77,13 @@ type Gateway struct {
 	c        counters
 }
 
-// flow is one active relay; close tears it down from outside.
+// flow is one active relay; close tears it down from outside. ep and host,
+// when set, are its two sockets (for Sockets).
 type flow struct {
 	proto proto
 	close func()
+	ep    tcpip.Endpoint
+	host  net.Conn
 }
 
 // NewGateway validates opts, builds a netstack with ep as its promiscuous,
@@ -371,15 +374,19 @@ func (g *Gateway) isDraining() bool {
 // return. It fails while draining or closing: the caller then tears the
 // flow down itself.
 func (g *Gateway) addFlow(p proto, closeFn func()) (*flow, bool) {
+	return g.addFlowWith(&flow{proto: p, close: closeFn})
+}
+
+// addFlowWith registers f (see addFlow).
+func (g *Gateway) addFlowWith(f *flow) (*flow, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.draining {
 		return nil, false
 	}
-	f := &flow{proto: p, close: closeFn}
 	g.flows[f] = struct{}{}
-	g.active[p].Add(1)
-	g.c.opened[p].Add(1)
+	g.active[f.proto].Add(1)
+	g.c.opened[f.proto].Add(1)
 	return f, true
 }
 

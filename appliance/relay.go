@@ -161,7 +161,14 @@ func copyStream(dst, src streamConn) error {
 // An error either way aborts both with a RST. It runs on the caller's
 // goroutine (which must be owned by g) and takes ownership of a and b.
 func (g *Gateway) relayTCP(a, b streamConn) {
-	f, ok := g.addFlow(protoTCP, func() { a.Close(); b.Close() })
+	f := &flow{proto: protoTCP, close: func() { a.Close(); b.Close() }}
+	if nc, ok := a.(*nsConn); ok {
+		f.ep = nc.ep
+	}
+	if hc, ok := b.(*hostConn); ok {
+		f.host = hc.TCPConn
+	}
+	f, ok := g.addFlowWith(f)
 	if !ok {
 		a.abort()
 		b.abort()

@@ -682,3 +682,39 @@ func TestStats(t *testing.T) {
 		}
 	}
 }
+
+// TestSS: `appliance ss` lists a held connection with both address pairs,
+// and -i/-m add the TCP internals and buffer sizes.
+func TestSS(t *testing.T) {
+	tp := newTopo(t, topoOpts{})
+	hold, err := tp.cont.Start("bash", "-c", fmt.Sprintf("exec 3<>/dev/tcp/198.18.0.2/%d; sleep 20", echoPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Kill()
+	row := regexp.MustCompile(fmt.Sprintf(`(?m)^tcp\s+ESTAB\s+\d+\s+\d+\s+198\.18\.0\.2:%d\s+10\.0\.2\.100:\d+\s+198\.18\.0\.1:\d+ -> 198\.18\.0\.2:%d$`, echoPort, echoPort))
+	var out []byte
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		out, err = tp.app.Ctl(ctx, "ss", "-tnmi")
+		cancel()
+		if err == nil && row.Match(out) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !row.Match(out) {
+		t.Fatalf("appliance ss -tnmi does not list the held connection with its host pair:\n%s", out)
+	}
+	for _, re := range []string{`(?m)^\t skmem:\(r\d+,rb[1-9]\d*,t\d+,tb[1-9]\d*\)$`, `(?m)^\t cubic rto:\d+ rtt:[\d.]+/[\d.]+ cwnd:[1-9]\d*`} {
+		if !regexp.MustCompile(re).Match(out) {
+			t.Errorf("appliance ss -tnmi lacks %s:\n%s", re, out)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if out, err := tp.app.Ctl(ctx, "ss", "-u"); err != nil || strings.Contains(string(out), "tcp ") {
+		t.Errorf("appliance ss -u listed TCP or failed (%v):\n%s", err, out)
+	}
+}

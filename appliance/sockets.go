@@ -1,0 +1,143 @@
+package appliance
+
+import (
+	"net"
+	"net/netip"
+	"sort"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+)
+
+// Socket is one netstack socket as `ss` shows it, seen from netstack:
+// Local is the address the container talked to, Peer the container's own.
+// HostLocal/HostPeer are the relay's host socket, when it has one.
+type Socket struct {
+	Proto     string `json:"proto"` // "tcp" or "udp"
+	State     string `json:"state"` // Linux ss names: ESTAB, SYN-RECV, TIME-WAIT, ...
+	RecvQ     int    `json:"recv_q"`
+	SendQ     int    `json:"send_q"`
+	Local     string `json:"local"`
+	Peer      string `json:"peer"`
+	HostLocal string `json:"host_local,omitempty"`
+	HostPeer  string `json:"host_peer,omitempty"`
+	RcvBuf    int64  `json:"rcvbuf"`
+	SndBuf    int64  `json:"sndbuf"`
+	// TCP only (ss -i).
+	CC       string `json:"cc,omitempty"`
+	RTTus    int64  `json:"rtt_us,omitempty"`
+	RTTVarus int64  `json:"rttvar_us,omitempty"`
+	RTOms    int64  `json:"rto_ms,omitempty"`
+	Cwnd     uint32 `json:"cwnd,omitempty"`
+	Ssthresh uint32 `json:"ssthresh,omitempty"`
+}
+
+// tcpStates maps netstack's TCP states to the names ss prints.
+var tcpStates = map[tcp.EndpointState]string{
+	tcp.StateEstablished: "ESTAB",
+	tcp.StateSynSent:     "SYN-SENT",
+	tcp.StateSynRecv:     "SYN-RECV",
+	tcp.StateFinWait1:    "FIN-WAIT-1",
+	tcp.StateFinWait2:    "FIN-WAIT-2",
+	tcp.StateTimeWait:    "TIME-WAIT",
+	tcp.StateClose:       "CLOSE",
+	tcp.StateCloseWait:   "CLOSE-WAIT",
+	tcp.StateLastAck:     "LAST-ACK",
+	tcp.StateListen:      "LISTEN",
+	tcp.StateClosing:     "CLOSING",
+	tcp.StateInitial:     "UNCONN",
+	tcp.StateBound:       "UNCONN",
+	tcp.StateConnecting:  "SYN-SENT",
+	tcp.StateError:       "CLOSE",
+}
+
+// Sockets lists netstack's TCP and UDP sockets with the host socket each
+// relays to, sorted by protocol and address.
+func (g *Gateway) Sockets() []Socket {
+	hosts := map[tcpip.Endpoint]net.Conn{}
+	g.mu.Lock()
+	for f := range g.flows {
+		if f.ep != nil && f.host != nil {
+			hosts[f.ep] = f.host
+		}
+	}
+	g.mu.Unlock()
+
+	var out []Socket
+	for _, te := range g.stack.RegisteredEndpoints() {
+		ep, ok := te.(tcpip.Endpoint)
+		if !ok {
+			continue
+		}
+		ti, ok := ep.Info().(*stack.TransportEndpointInfo)
+		if !ok {
+			continue
+		}
+		var s Socket
+		switch ti.TransProto {
+		case tcp.ProtocolNumber:
+			s.Proto = "tcp"
+			s.State = tcpStates[tcp.EndpointState(ep.State())]
+			var info tcpip.TCPInfoOption
+			if err := ep.GetSockOpt(&info); err == nil {
+				s.RTTus, s.RTTVarus = info.RTT.Microseconds(), info.RTTVar.Microseconds()
+				s.RTOms = info.RTO.Milliseconds()
+				s.Cwnd, s.Ssthresh = info.SndCwnd, info.SndSsthresh
+			}
+			var cc tcpip.CongestionControlOption
+			if err := ep.GetSockOpt(&cc); err == nil {
+				s.CC = string(cc)
+			}
+		case udp.ProtocolNumber:
+			s.Proto = "udp"
+			s.State = "UNCONN"
+			if transport.DatagramEndpointState(ep.State()) == transport.DatagramEndpointStateConnected {
+				s.State = "ESTAB"
+			}
+		default:
+			continue
+		}
+		s.Local = addrPort(ti.ID.LocalAddress, ti.ID.LocalPort)
+		s.Peer = addrPort(ti.ID.RemoteAddress, ti.ID.RemotePort)
+		if v, err := ep.GetSockOptInt(tcpip.ReceiveQueueSizeOption); err == nil {
+			s.RecvQ = v
+		}
+		if v, err := ep.GetSockOptInt(tcpip.SendQueueSizeOption); err == nil {
+			s.SendQ = v
+		}
+		s.RcvBuf = ep.SocketOptions().GetReceiveBufferSize()
+		s.SndBuf = ep.SocketOptions().GetSendBufferSize()
+		if h := hosts[ep]; h != nil {
+			s.HostLocal, s.HostPeer = h.LocalAddr().String(), h.RemoteAddr().String()
+		}
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Proto != out[j].Proto {
+			return out[i].Proto < out[j].Proto
+		}
+		if out[i].Local != out[j].Local {
+			return out[i].Local < out[j].Local
+		}
+		return out[i].Peer < out[j].Peer
+	})
+	return out
+}
+
+func addrPort(a tcpip.Address, port uint16) string {
+	if a.Len() == 0 {
+		return "*:" + portString(port)
+	}
+	ip, _ := netip.AddrFromSlice(a.AsSlice())
+	return netip.AddrPortFrom(ip, port).String()
+}
+
+func portString(p uint16) string {
+	if p == 0 {
+		return "*"
+	}
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), p).String()[len("0.0.0.0:"):]
+}

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nsappliance/appliance/appliance"
+	"github.com/nsappliance/appliance/control"
+)
+
+type ssFlags struct {
+	tcp, udp, all, numeric, mem, info, ext bool
+	name                                   string
+}
+
+func newSSCmd() *cobra.Command {
+	var f ssFlags
+	cmd := &cobra.Command{
+		Use:   "ss [-t] [-u] [-a] [-n] [-m] [-i] [-e]",
+		Short: "List a running appliance's netstack sockets, like ss",
+		Long: `Lists netstack's TCP and UDP sockets of a running appliance as ss(8)
+lists the kernel's. Addresses are seen from netstack: "Local" is where the
+container connected to, "Peer" is the container. "Host" is the relay's host
+socket for that connection (local -> peer). Without -a, listening and
+closed sockets are left out. Addresses are always numeric (-n is accepted).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := control.NewClient(f.name)
+			if err != nil {
+				return usageError{err}
+			}
+			var socks []appliance.Socket
+			if err := c.Do(cmd.Context(), http.MethodGet, "/v1/sockets", nil, &socks); err != nil {
+				return err
+			}
+			printSS(cmd.OutOrStdout(), socks, f)
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.BoolVarP(&f.tcp, "tcp", "t", false, "TCP sockets")
+	fl.BoolVarP(&f.udp, "udp", "u", false, "UDP sockets")
+	fl.BoolVarP(&f.all, "all", "a", false, "listening and closed sockets too")
+	fl.BoolVarP(&f.numeric, "numeric", "n", false, "numeric addresses (always)")
+	fl.BoolVarP(&f.mem, "memory", "m", false, "socket memory: skmem:(r recv queue, rb receive buffer, t send queue, tb send buffer)")
+	fl.BoolVarP(&f.info, "info", "i", false, "TCP internals: congestion control, rto, rtt/rttvar, cwnd, ssthresh")
+	fl.BoolVarP(&f.ext, "extended", "e", false, "accepted for compatibility; the host socket is always shown")
+	fl.StringVar(&f.name, "name", "default", "instance name")
+	return cmd
+}
+
+func printSS(w io.Writer, socks []appliance.Socket, f ssFlags) {
+	rows := [][]string{{"Netid", "State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port", "Host (local -> peer)"}}
+	var details [][]string // lines printed under each row
+	details = append(details, nil)
+	for _, s := range socks {
+		if f.tcp != f.udp && (s.Proto == "tcp") != f.tcp {
+			continue
+		}
+		if !f.all && (s.State == "LISTEN" || s.State == "CLOSE" || (s.Proto == "udp" && s.State == "UNCONN")) {
+			continue
+		}
+		host := ""
+		if s.HostLocal != "" {
+			host = s.HostLocal + " -> " + s.HostPeer
+		}
+		rows = append(rows, []string{s.Proto, s.State, fmt.Sprint(s.RecvQ), fmt.Sprint(s.SendQ), s.Local, s.Peer, host})
+		var d []string
+		if f.mem {
+			d = append(d, fmt.Sprintf("skmem:(r%d,rb%d,t%d,tb%d)", s.RecvQ, s.RcvBuf, s.SendQ, s.SndBuf))
+		}
+		if f.info && s.Proto == "tcp" {
+			d = append(d, fmt.Sprintf("%s rto:%d rtt:%.3f/%.3f cwnd:%d ssthresh:%d", s.CC, s.RTOms,
+				float64(s.RTTus)/1000, float64(s.RTTVarus)/1000, s.Cwnd, s.Ssthresh))
+		}
+		details = append(details, d)
+	}
+	width := make([]int, len(rows[0]))
+	for _, r := range rows {
+		for i, c := range r {
+			width[i] = max(width[i], len(c))
+		}
+	}
+	for n, r := range rows {
+		line := ""
+		for i, c := range r {
+			if i == len(r)-1 {
+				line += c
+			} else {
+				line += fmt.Sprintf("%-*s ", width[i], c)
+			}
+		}
+		fmt.Fprintln(w, strings.TrimRight(line, " "))
+		for _, d := range details[n] {
+			fmt.Fprintf(w, "\t %s\n", d)
+		}
+	}
+}
