@@ -718,3 +718,36 @@ func TestSS(t *testing.T) {
 		t.Errorf("appliance ss -u listed TCP or failed (%v):\n%s", err, out)
 	}
 }
+
+// TestSockstat: `appliance sockstat` counts held connections and follows
+// them when they close.
+func TestSockstat(t *testing.T) {
+	tp := newTopo(t, topoOpts{})
+	script := ""
+	for fd := 3; fd < 8; fd++ {
+		script += fmt.Sprintf("exec %d<>/dev/tcp/198.18.0.2/%d; ", fd, echoPort)
+	}
+	hold, err := tp.cont.Start("bash", "-c", script+"sleep 30")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Kill()
+	waitSockstat := func(re string) {
+		t.Helper()
+		var out []byte
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			out, err = tp.app.Ctl(ctx, "sockstat")
+			cancel()
+			if err == nil && regexp.MustCompile(re).Match(out) {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Fatalf("appliance sockstat never matched %s:\n%s", re, out)
+	}
+	waitSockstat(`(?m)^sockets: used 5\nTCP: inuse 5 orphan 0 tw 0 alloc 5 mem \d+\nUDP: inuse 0 mem 0$`)
+	hold.Kill()
+	waitSockstat(`(?m)^TCP: inuse 0 orphan 0 tw \d+ alloc 0 mem 0$`)
+}

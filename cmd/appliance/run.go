@@ -288,6 +288,9 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	mux.HandleFunc("GET /v1/sockets", func(w http.ResponseWriter, r *http.Request) {
 		control.WriteJSON(w, http.StatusOK, gw.Sockets())
 	})
+	mux.HandleFunc("GET /v1/sockstat", func(w http.ResponseWriter, r *http.Request) {
+		control.WriteJSON(w, http.StatusOK, appliance.SockStatOf(gw.Sockets()))
+	})
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		control.WriteJSON(w, http.StatusOK, map[string]map[string]uint64{
 			"netstack": gw.Stack().Counters(), "link": ep.Stats().Map(), "gateway": gw.Counters(),
