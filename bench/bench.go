@@ -38,7 +38,11 @@ var ComparePaths = []string{PathKernel, PathPasta, PathSlirp4netns}
 type Config struct {
 	// Bin is the appliance binary; it must provide `run` and `netperf`.
 	Bin string
-	// Mode is the appliance mode; only "gateway" (the default) is supported.
+	// Mode is the appliance mode: "gateway" (the default) or "router". In
+	// router mode the appliance forwards between a client and a server
+	// namespace (`appliance router`), the kernel path is a router namespace
+	// with ip_forward=1 between two veth pairs, and pasta and slirp4netns,
+	// which have no router mode, are left out.
 	Mode string
 	// CC is the appliance's congestion control (--cc); empty leaves the
 	// appliance's default.
@@ -81,8 +85,8 @@ func (c *Config) defaults() error {
 	if c.Mode == "" {
 		c.Mode = "gateway"
 	}
-	if c.Mode != "gateway" {
-		return fmt.Errorf("bench: mode %q not supported (only gateway)", c.Mode)
+	if c.Mode != "gateway" && c.Mode != "router" {
+		return fmt.Errorf("bench: mode %q not supported (gateway or router)", c.Mode)
 	}
 	if c.Time <= 0 {
 		c.Time = 5 * time.Second
@@ -98,8 +102,14 @@ func (c *Config) defaults() error {
 			return fmt.Errorf("bench: unknown path %q to compare (want %s)", p, strings.Join(ComparePaths, ", "))
 		}
 	}
+	if c.Mode == "router" {
+		c.Compare = slices.DeleteFunc(slices.Clone(c.Compare), func(p string) bool { return p != PathKernel })
+	}
 	if c.MTUs == nil {
 		c.MTUs = []int{1500, 65520}
+		if c.Mode == "router" {
+			c.MTUs = []int{1500}
+		}
 	}
 	for _, m := range c.MTUs {
 		if m < 1280 || m > 65520 {

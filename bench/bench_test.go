@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -99,7 +100,7 @@ func TestConfigDefaults(t *testing.T) {
 	}{
 		{"ok", Config{Bin: "x"}, ""},
 		{"no bin", Config{}, "no appliance binary"},
-		{"router", Config{Bin: "x", Mode: "router"}, "not supported"},
+		{"bad mode", Config{Bin: "x", Mode: "bridge"}, "not supported"},
 		{"bad compare", Config{Bin: "x", Compare: []string{"gvproxy"}}, "unknown path"},
 		{"bad mtu", Config{Bin: "x", MTUs: []int{100}}, "mtu 100"},
 	} {
@@ -119,6 +120,21 @@ func TestConfigDefaults(t *testing.T) {
 				t.Errorf("defaults() = %v, want %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestConfigDefaultsRouter: router mode measures at 1500 against the kernel
+// router only (pasta and slirp4netns have no router mode).
+func TestConfigDefaultsRouter(t *testing.T) {
+	c := Config{Bin: "x", Mode: "router"}
+	if err := c.defaults(); err != nil {
+		t.Fatalf("defaults() = %v", err)
+	}
+	if !slices.Equal(c.MTUs, []int{1500}) || !slices.Equal(c.Compare, []string{PathKernel}) {
+		t.Errorf("router defaults: MTUs %v, Compare %v; want [1500], [kernel]", c.MTUs, c.Compare)
+	}
+	if !slices.Equal(ComparePaths, []string{PathKernel, PathPasta, PathSlirp4netns}) {
+		t.Errorf("router defaults changed ComparePaths: %v", ComparePaths)
 	}
 }
 

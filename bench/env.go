@@ -26,6 +26,7 @@ const (
 // server. close removes everything.
 type env struct {
 	bin    string
+	addr   string // the server's address: serverAddr, or routerServerAddr
 	client *testbed.Netns
 	server *testbed.Netns
 	nss    []*testbed.Netns
@@ -54,16 +55,23 @@ func (e *env) netns(role string) (*testbed.Netns, error) {
 // setup builds path's topology at mtu and starts the servers. The caller
 // closes the env even when setup fails.
 func setup(ctx context.Context, cfg *Config, path string, mtu int) (*env, error) {
-	e := &env{bin: cfg.Bin}
+	e := &env{bin: cfg.Bin, addr: serverAddr}
 	var err error
-	switch path {
-	case PathKernel:
+	switch {
+	case cfg.Mode == "router":
+		e.addr = routerServerAddr
+		if path == PathKernel {
+			err = e.setupKernelRouter(mtu)
+		} else {
+			err = e.setupRouter(cfg, mtu)
+		}
+	case path == PathKernel:
 		err = e.setupKernel(mtu)
-	case PathAppliance:
+	case path == PathAppliance:
 		err = e.setupAppliance(cfg, mtu)
-	case PathPasta:
+	case path == PathPasta:
 		err = e.setupPasta(ctx, mtu)
-	case PathSlirp4netns:
+	case path == PathSlirp4netns:
 		err = e.setupSlirp(ctx, mtu)
 	default:
 		err = fmt.Errorf("unknown path %q", path)
@@ -215,10 +223,10 @@ func waitDefaultRoute(ctx context.Context, c *testbed.Netns) error {
 }
 
 func (e *env) startServers() error {
-	if _, err := e.server.Start("iperf3", "-s", "-B", serverAddr, "-p", fmt.Sprint(iperfPort)); err != nil {
+	if _, err := e.server.Start("iperf3", "-s", "-B", e.addr, "-p", fmt.Sprint(iperfPort)); err != nil {
 		return err
 	}
-	if _, err := e.server.Start(e.bin, "netperf", "serve", fmt.Sprintf("%s:%d", serverAddr, netperfPort)); err != nil {
+	if _, err := e.server.Start(e.bin, "netperf", "serve", fmt.Sprintf("%s:%d", e.addr, netperfPort)); err != nil {
 		return err
 	}
 	if err := e.server.WaitListen("tcp", iperfPort, 5*time.Second); err != nil {
@@ -232,7 +240,7 @@ func (e *env) iperf(ctx context.Context, d time.Duration, reverse bool) (float64
 	secs := max(1, int(math.Ceil(d.Seconds())))
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
 	defer cancel()
-	args := []string{"-c", serverAddr, "-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(secs), "-J"}
+	args := []string{"-c", e.addr, "-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(secs), "-J"}
 	if reverse {
 		args = append(args, "-R")
 	}
@@ -248,7 +256,7 @@ func (e *env) iperf(ctx context.Context, d time.Duration, reverse bool) (float64
 func (e *env) netperf(ctx context.Context, cfg *Config, mode string, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, cfg.RRTime+30*time.Second)
 	defer cancel()
-	cmd := e.client.Command(ctx, e.bin, "netperf", mode, fmt.Sprintf("%s:%d", serverAddr, netperfPort), cfg.RRTime.String())
+	cmd := e.client.Command(ctx, e.bin, "netperf", mode, fmt.Sprintf("%s:%d", e.addr, netperfPort), cfg.RRTime.String())
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	b, err := cmd.Output()

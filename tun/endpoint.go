@@ -1,6 +1,7 @@
 package tun
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/rawfile"
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/stopfd"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -29,6 +31,12 @@ type EndpointOptions struct {
 	Budget int
 	// DisableGRO turns off coalescing of received TCP segments.
 	DisableGRO bool
+	// CompleteChecksums fills in, on receive, the L4 checksum of a non-GSO
+	// packet the kernel left partial (virtio NEEDS_CSUM). A router needs it:
+	// such a packet leaves through another link without the flag, and the
+	// receiver would drop it. Local delivery does not (netstack trusts the
+	// kernel), so gateway mode leaves it off.
+	CompleteChecksums bool
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -41,10 +49,11 @@ type EndpointOptions struct {
 // wake-up while packets keep coming, then blocks its thread in ppoll until
 // the device is readable again.
 type Endpoint struct {
-	dev    *Device
-	fd     int
-	budget int
-	log    *slog.Logger
+	dev      *Device
+	fd       int
+	budget   int
+	log      *slog.Logger
+	fullCsum bool
 
 	mtu atomic.Uint32
 
@@ -117,13 +126,14 @@ func NewEndpoint(dev *Device, opts EndpointOptions) (*Endpoint, error) {
 		return nil, fmt.Errorf("tun endpoint %s: %w", dev.Name, err)
 	}
 	e := &Endpoint{
-		dev:    dev,
-		stop:   stop,
-		fd:     fd,
-		budget: opts.Budget,
-		log:    log.With("component", "tun", "dev", dev.Name),
-		done:   make(chan struct{}),
-		uso:    make([]byte, maxPacket),
+		dev:      dev,
+		stop:     stop,
+		fd:       fd,
+		budget:   opts.Budget,
+		fullCsum: opts.CompleteChecksums,
+		log:      log.With("component", "tun", "dev", dev.Name),
+		done:     make(chan struct{}),
+		uso:      make([]byte, maxPacket),
 	}
 	e.mtu.Store(uint32(dev.MTU))
 	// GRO validates a TCP segment's checksum, merges, and marks the result
@@ -366,6 +376,10 @@ func (e *Endpoint) receive(b []byte) {
 			}
 			return
 		}
+		if e.fullCsum && h.gsoType == vnetGSONone && h.flags&vnetFlagNeedsCsum != 0 {
+			completeChecksum(b, int(h.csumStart), int(h.csumOffset))
+			h.flags &^= vnetFlagNeedsCsum
+		}
 	}
 	var v *buffer.View
 	if len(b) < smallCopy {
@@ -412,6 +426,18 @@ func (e *Endpoint) enqueue(v *buffer.View, h *vnetHdr) {
 	}
 	e.gro.Enqueue(pkt)
 	pkt.DecRef()
+}
+
+// completeChecksum finishes a partial (CHECKSUM_PARTIAL) L4 checksum the way
+// the kernel's skb_checksum_help does: the field at start+offset already
+// holds the pseudo-header sum, so summing from start to the end and storing
+// the complement completes it. validate has checked the bounds.
+func completeChecksum(b []byte, start, offset int) {
+	sum := ^checksum.Checksum(b[start:], 0)
+	if sum == 0 {
+		sum = 0xffff // CSUM_MANGLED_0: a zero UDP checksum means "none"
+	}
+	binary.BigEndian.PutUint16(b[start+offset:], sum)
 }
 
 // WritePackets implements stack.LinkEndpoint.

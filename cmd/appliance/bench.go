@@ -36,6 +36,10 @@ func newBenchCmd() *cobra.Command {
   pasta        the same container behind pasta, when installed
   slirp4netns  the same container behind slirp4netns, when installed
 
+With --mode router, the client and server namespaces sit on either side of
+` + "`appliance router`" + `, and the kernel path is a router namespace with
+ip_forward=1 between two veth pairs.
+
 Each path runs iperf3 (one stream, upload and download with -R), a
 request/response test like netperf TCP_RR (one connection, one byte each way;
 p50/p99 latency) and a connection test like TCP_CRR (connect, one byte each
@@ -44,8 +48,11 @@ the kernel path and removes everything it made, also on Ctrl-C.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg := bench.Config{Mode: mode, CC: cc, Emulate: emulate, Time: dur, RRTime: rrDur, Progress: os.Stderr}
-			if mode != "gateway" {
-				return usagef("--mode %q: bench supports gateway", mode)
+			if mode != "gateway" && mode != "router" {
+				return usagef("--mode %q: want gateway or router", mode)
+			}
+			if mode == "router" && !cmd.Flags().Changed("mtu") {
+				mtus = "1500" // router mode's default link MTU
 			}
 			if emulate != "" {
 				return usagef("--emulate: link emulation is not built yet (router mode and emulation issue)")
@@ -95,13 +102,13 @@ the kernel path and removes everything it made, also on Ctrl-C.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&mode, "mode", "gateway", "appliance mode to measure (gateway)")
+	fl.StringVar(&mode, "mode", "gateway", "appliance mode to measure: gateway, or router (client and server namespaces on either side of appliance router, against a kernel router namespace; --mtu defaults to 1500; pasta and slirp4netns are left out)")
 	fl.StringVar(&cc, "cc", "", "the appliance's TCP congestion control (default: the appliance's default)")
 	fl.StringVar(&emulate, "emulate", "", "link emulation SPEC passed to the appliance (--emulate; not available yet)")
 	fl.DurationVar(&dur, "time", 5*time.Second, "iperf3 duration per direction (whole seconds)")
 	fl.DurationVar(&rrDur, "rr-time", 2*time.Second, "duration of the RR and of the CRR test")
 	fl.StringVar(&compare, "compare", strings.Join(bench.ComparePaths, ","), "other paths to measure: "+strings.Join(bench.ComparePaths, ",")+" (comma-separated; missing tools print \"not installed\")")
-	fl.StringVar(&mtus, "mtu", "1500,65520", "MTUs to measure (comma-separated)")
+	fl.StringVar(&mtus, "mtu", "1500,65520", "MTUs to measure (comma-separated; router mode: 1500)")
 	fl.BoolVar(&asJSON, "json", false, "print the results as JSON instead of a table")
 	return cmd
 }

@@ -1,0 +1,108 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/nsappliance/appliance/internal/testbed"
+)
+
+// Router mode's topology uses the appliance's default subnets (CLI.md): the
+// client at 10.1.0.100, the server at 10.2.0.100, the router at .2 on both.
+const (
+	routerClientAddr = "10.1.0.100"
+	routerServerAddr = "10.2.0.100"
+)
+
+// setupKernelRouter: client <-veth-> router (ip_forward=1) <-veth-> server,
+// every end at mtu: what the appliance's router mode stands in for.
+func (e *env) setupKernelRouter(mtu int) error {
+	c, err := e.netns("c")
+	if err != nil {
+		return err
+	}
+	r, err := e.netns("r")
+	if err != nil {
+		return err
+	}
+	s, err := e.netns("s")
+	if err != nil {
+		return err
+	}
+	for _, l := range []struct {
+		a, b         *testbed.Netns
+		addrA, addrB string
+	}{
+		{c, r, routerClientAddr + "/24", "10.1.0.2/24"},
+		{r, s, "10.2.0.2/24", routerServerAddr + "/24"},
+	} {
+		v, err := testbed.Veth(l.a, l.b, []netip.Prefix{netip.MustParsePrefix(l.addrA)}, []netip.Prefix{netip.MustParsePrefix(l.addrB)})
+		if err != nil {
+			return err
+		}
+		if err := l.a.SetMTU(v.A, mtu); err != nil {
+			return err
+		}
+		if err := l.b.SetMTU(v.B, mtu); err != nil {
+			return err
+		}
+	}
+	if err := c.IP("route", "add", "default", "via", "10.1.0.2"); err != nil {
+		return err
+	}
+	if err := s.IP("route", "add", "default", "via", "10.2.0.2"); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := r.Run(ctx, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
+		return err
+	}
+	e.client, e.server = c, s
+	return nil
+}
+
+// setupRouter: client -tun(mtu)-> `appliance router` in host -tun(mtu)->
+// server.
+func (e *env) setupRouter(cfg *Config, mtu int) error {
+	h, err := e.netns("h")
+	if err != nil {
+		return err
+	}
+	c, err := e.netns("c")
+	if err != nil {
+		return err
+	}
+	s, err := e.netns("s")
+	if err != nil {
+		return err
+	}
+	name := testbed.UniqueName("bench")
+	p, err := h.Start(cfg.Bin, "router", "--name", name, "--mtu", fmt.Sprint(mtu), "--no-ipv6",
+		"--log-level", "warn", c.Path, s.Path)
+	if err != nil {
+		return err
+	}
+	a := &testbed.Appliance{Bin: cfg.Bin, Name: name, Host: h, Proc: p}
+	e.app, e.client, e.server = a, c, s
+	deadline := time.Now().Add(testbed.ReadyTimeout)
+	for {
+		select {
+		case <-p.Done():
+			return fmt.Errorf("appliance router exited before it was ready: %s", p.Stderr())
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := a.Ctl(ctx, "status")
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("appliance router not ready after %v: %v", testbed.ReadyTimeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -1,0 +1,286 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nsappliance/appliance/appliance"
+	"github.com/nsappliance/appliance/control"
+	"github.com/nsappliance/appliance/netstack"
+	"github.com/nsappliance/appliance/tun"
+)
+
+type routerFlags struct {
+	tunName      string
+	mtu          int
+	mtuA, mtuB   int
+	cidrA, cidrB string
+	cidr6A       string
+	cidr6B       string
+	noIPv6       bool
+	cc           string
+	name         string
+	noOffload    bool
+}
+
+func newRouterCmd() *cobra.Command {
+	var f routerFlags
+	cmd := &cobra.Command{
+		Use:   "router [flags] NETNS_A NETNS_B",
+		Short: "Router mode: forward IP between two namespaces inside netstack",
+		Long: `Router mode. Creates a TUN device in each of two network namespaces
+(NETNS_A, NETNS_B: /run/netns/NAME or /proc/PID/ns/net paths), gives each
+the address .100 of its subnet (--cidr-a, --cidr-b; ::100 of --cidr6-a,
+--cidr6-b) and a default route through the appliance at .2 / ::2, and
+forwards IP between them inside netstack as a Linux router with
+ip_forward=1 would: TTL / hop limit are decremented, and the appliance
+answers with ICMP time exceeded, destination unreachable and fragmentation
+needed / packet too big from its .2 / ::2 address on the sender's link.
+
+--mtu defaults to 1500, not gateway mode's 65520: the two links are real
+IP hops, so path MTU discovery and fragmentation-needed work as they would
+between two Ethernet segments. Bulk TCP still moves 64 KiB at a time: the
+kernel's TSO super-packets cross the appliance whole (see docs/patches.md).
+--mtu-a and --mtu-b set one link's MTU, e.g. a narrower link b.
+
+SIGINT/SIGTERM remove both devices and exit 0. If either device goes away
+(its namespace deleted), the appliance exits 1.`,
+		Example: `  ip netns add a; ip netns add b
+  appliance router /run/netns/a /run/netns/b
+  ip netns exec a ping 10.2.0.100`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return usagef("want two namespaces, NETNS_A and NETNS_B; got %d argument(s)", len(args))
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runRouter(cmd.Context(), f, args[0], args[1])
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.tunName, "tun", "tun0", "name of the TUN device inside each namespace")
+	fl.IntVar(&f.mtu, "mtu", 1500, "MTU of both TUN devices (1280..65535)")
+	fl.IntVar(&f.mtuA, "mtu-a", 0, "MTU of the device in NETNS_A (default: --mtu)")
+	fl.IntVar(&f.mtuB, "mtu-b", 0, "MTU of the device in NETNS_B (default: --mtu)")
+	fl.StringVar(&f.cidrA, "cidr-a", "10.1.0.0/24", "IPv4 subnet of NETNS_A's link: namespace .100, appliance .2")
+	fl.StringVar(&f.cidrB, "cidr-b", "10.2.0.0/24", "IPv4 subnet of NETNS_B's link: namespace .100, appliance .2")
+	fl.StringVar(&f.cidr6A, "cidr6-a", "fd00:0:0:a::/64", "IPv6 subnet of NETNS_A's link: namespace ::100, appliance ::2")
+	fl.StringVar(&f.cidr6B, "cidr6-b", "fd00:0:0:b::/64", "IPv6 subnet of NETNS_B's link: namespace ::100, appliance ::2")
+	fl.BoolVar(&f.noIPv6, "no-ipv6", false, "do not configure or forward IPv6")
+	fl.StringVar(&f.cc, "cc", "cubic", "default TCP congestion control of netstack (forwarded traffic does not use it)")
+	fl.StringVar(&f.name, "name", "default", "instance name; the control socket is /run/appliance/NAME.sock")
+	fl.BoolVar(&f.noOffload, "no-offload", false, "open the TUNs without virtio-net header offloads (checksum, TSO, USO)")
+	return cmd
+}
+
+// parseRouter validates every flag before anything changes on the machine.
+func parseRouter(f routerFlags) (appliance.RouterOptions, error) {
+	var o appliance.RouterOptions
+	if err := control.ValidateName(f.name); err != nil {
+		return o, usageError{fmt.Errorf("--name: %w", err)}
+	}
+	for _, m := range []struct {
+		flag string
+		v    int
+	}{{"--mtu", f.mtu}, {"--mtu-a", f.mtuA}, {"--mtu-b", f.mtuB}} {
+		if m.v != 0 && (m.v < 1280 || m.v > 65535) || m.flag == "--mtu" && m.v == 0 {
+			return o, usagef("%s %d: want 1280..65535", m.flag, m.v)
+		}
+	}
+	layout := func(flag, s string, v4 bool) (appliance.Layout, error) {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || p.Addr().Is4() != v4 || p.Addr().Is4In6() {
+			fam := map[bool]string{true: "IPv4", false: "IPv6"}[v4]
+			return appliance.Layout{}, usagef("%s %q: not an %s CIDR", flag, s, fam)
+		}
+		l, err := appliance.NewLayout(p)
+		if err != nil {
+			return l, usagef("%s: %v", flag, err)
+		}
+		return l, nil
+	}
+	var err error
+	if o.IPv4A, err = layout("--cidr-a", f.cidrA, true); err != nil {
+		return o, err
+	}
+	if o.IPv4B, err = layout("--cidr-b", f.cidrB, true); err != nil {
+		return o, err
+	}
+	if o.IPv4A.Prefix.Overlaps(o.IPv4B.Prefix) {
+		return o, usagef("--cidr-a %v and --cidr-b %v overlap", o.IPv4A.Prefix, o.IPv4B.Prefix)
+	}
+	if !f.noIPv6 {
+		if o.IPv6A, err = layout("--cidr6-a", f.cidr6A, false); err != nil {
+			return o, err
+		}
+		if o.IPv6B, err = layout("--cidr6-b", f.cidr6B, false); err != nil {
+			return o, err
+		}
+		if o.IPv6A.Prefix.Overlaps(o.IPv6B.Prefix) {
+			return o, usagef("--cidr6-a %v and --cidr6-b %v overlap", o.IPv6A.Prefix, o.IPv6B.Prefix)
+		}
+	}
+	o.Stack = netstack.Options{CongestionControl: f.cc}
+	probe, err := netstack.New(o.Stack)
+	if err != nil {
+		return o, usagef("--cc %q: %v", f.cc, err)
+	}
+	probe.Destroy()
+	return o, nil
+}
+
+func checkNetnsPath(p string) error {
+	st, err := os.Stat(p)
+	if err != nil {
+		return usagef("namespace %q: %v", p, errors.Unwrap(err))
+	}
+	if st.IsDir() {
+		return usagef("namespace %q: is a directory, not a namespace file", p)
+	}
+	return nil
+}
+
+// routerLink is one side of the router: its namespace, device and endpoint.
+type routerLink struct {
+	ns  string
+	dev *tun.Device
+	ep  *tun.Endpoint
+}
+
+func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
+	opts, err := parseRouter(f)
+	if err != nil {
+		return err
+	}
+	for _, p := range []string{nsA, nsB} {
+		if err := checkNetnsPath(p); err != nil {
+			return err
+		}
+	}
+	if err := checkNetAdmin(); err != nil {
+		return usageError{err}
+	}
+	log := slog.Default().With("instance", f.name)
+	opts.Logger = log
+	opts.Stack.Logger = log
+
+	mtus := [2]int{f.mtu, f.mtu}
+	if f.mtuA != 0 {
+		mtus[0] = f.mtuA
+	}
+	if f.mtuB != 0 {
+		mtus[1] = f.mtuB
+	}
+	sides := []struct {
+		ns     string
+		v4, v6 appliance.Layout
+		mtu    int
+	}{{nsA, opts.IPv4A, opts.IPv6A, mtus[0]}, {nsB, opts.IPv4B, opts.IPv6B, mtus[1]}}
+	var links []*routerLink
+	closeLinks := func() {
+		for _, l := range links {
+			l.ep.Close()
+		}
+	}
+	for _, s := range sides {
+		addrs := []netip.Prefix{netip.PrefixFrom(s.v4.Container, s.v4.Prefix.Bits())}
+		gws := []netip.Addr{s.v4.Gateway}
+		if s.v6.Prefix.IsValid() {
+			addrs = append(addrs, netip.PrefixFrom(s.v6.Container, s.v6.Prefix.Bits()))
+			gws = append(gws, s.v6.Gateway)
+		}
+		dev, err := tun.Create(s.ns, tun.Config{
+			Name: f.tunName, MTU: s.mtu, Addresses: addrs, Gateways: gws,
+			DisableOffload: f.noOffload, Logger: log,
+		})
+		if err != nil {
+			closeLinks()
+			return err
+		}
+		// GRO off: it would merge segments into packets larger than the
+		// egress MTU without GSO metadata. Partial checksums are completed
+		// because a forwarded packet leaves without the NEEDS_CSUM flag.
+		ep, err := tun.NewEndpoint(dev, tun.EndpointOptions{Logger: log, DisableGRO: true, CompleteChecksums: true})
+		if err != nil {
+			dev.File.Close()
+			closeLinks()
+			return err
+		}
+		links = append(links, &routerLink{ns: s.ns, dev: dev, ep: ep})
+	}
+	r, err := appliance.NewRouter(links[0].ep, links[1].ep, opts)
+	if err != nil {
+		closeLinks()
+		return err
+	}
+	defer r.Close()
+
+	mux := http.NewServeMux()
+	control.HandleSysctl(mux, r.Stack().Sysctl())
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
+		st := routerStatus{
+			Name: f.name, Mode: "router", PID: os.Getpid(), Goroutines: runtime.NumGoroutine(),
+			Links: map[string]routerLinkStatus{}, Counters: r.Counters(),
+		}
+		for i, l := range links {
+			st.Links[[]string{appliance.RouterNICA, appliance.RouterNICB}[i]] = routerLinkStatus{
+				Netns: l.ns, Tun: l.dev.Name, MTU: l.dev.MTU, Offloads: l.dev.OffloadString(), Counters: l.ep.Stats().Map(),
+			}
+		}
+		control.WriteJSON(w, http.StatusOK, st)
+	})
+	srv, err := control.Listen(f.name, mux, log)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	log.Info("appliance ready", "mode", "router", "netns_a", nsA, "netns_b", nsB, "control", srv.Path(),
+		"a", opts.IPv4A.Prefix, "b", opts.IPv4B.Prefix, "mtu_a", mtus[0], "mtu_b", mtus[1])
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	gone := func(l *routerLink) error {
+		return fmt.Errorf("tun device %s in %s went away (namespace deleted?): %v", l.dev.Name, l.ns, l.ep.Err())
+	}
+	select {
+	case s := <-sigs:
+		log.Info("signal received, stopping", "signal", s.String())
+		return nil
+	case <-links[0].ep.Done():
+		return gone(links[0])
+	case <-links[1].ep.Done():
+		return gone(links[1])
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+type routerStatus struct {
+	Name       string                      `json:"name"`
+	Mode       string                      `json:"mode"`
+	PID        int                         `json:"pid"`
+	Goroutines int                         `json:"goroutines"`
+	Links      map[string]routerLinkStatus `json:"links"`
+	Counters   map[string]uint64           `json:"counters"`
+}
+
+type routerLinkStatus struct {
+	Netns    string            `json:"netns"`
+	Tun      string            `json:"tun"`
+	MTU      int               `json:"mtu"`
+	Offloads string            `json:"offloads"`
+	Counters map[string]uint64 `json:"counters"`
+}
