@@ -298,7 +298,7 @@ func (fd *fileDiff) apply(dir string) error {
 	}
 	offset := 0 // how far earlier hunks shifted line numbers
 	for n, h := range fd.hunks {
-		base := h.oldStart - 1
+		base := max(h.oldStart-1, 0) // oldStart 0: a new file's single hunk
 		if len(h.old) == 0 && h.oldStart > 0 {
 			base++ // pure insertion after line oldStart
 		}
