@@ -54,9 +54,6 @@ the kernel path and removes everything it made, also on Ctrl-C.`,
 			if mode == "router" && !cmd.Flags().Changed("mtu") {
 				mtus = "1500" // router mode's default link MTU
 			}
-			if emulate != "" {
-				return usagef("--emulate: link emulation is not built yet (router mode and emulation issue)")
-			}
 			if dur <= 0 || rrDur <= 0 {
 				return usagef("--time and --rr-time must be positive")
 			}
@@ -104,7 +101,7 @@ the kernel path and removes everything it made, also on Ctrl-C.`,
 	fl := cmd.Flags()
 	fl.StringVar(&mode, "mode", "gateway", "appliance mode to measure: gateway, or router (client and server namespaces on either side of appliance router, against a kernel router namespace; --mtu defaults to 1500; pasta and slirp4netns are left out)")
 	fl.StringVar(&cc, "cc", "", "the appliance's TCP congestion control (default: the appliance's default)")
-	fl.StringVar(&emulate, "emulate", "", "link emulation SPEC passed to the appliance (--emulate; not available yet)")
+	fl.StringVar(&emulate, "emulate", "", "link emulation SPEC passed to the appliance (--emulate)")
 	fl.DurationVar(&dur, "time", 5*time.Second, "iperf3 duration per direction (whole seconds)")
 	fl.DurationVar(&rrDur, "rr-time", 2*time.Second, "duration of the RR and of the CRR test")
 	fl.StringVar(&compare, "compare", strings.Join(bench.ComparePaths, ","), "other paths to measure: "+strings.Join(bench.ComparePaths, ",")+" (comma-separated; missing tools print \"not installed\")")

@@ -100,6 +100,6 @@ ordinary host sockets (gateway mode).`,
 	_ = root.PersistentFlags().MarkHidden("trace")
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error (logs go to stderr)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newRunCmd(), newRouterCmd(), newSysctlCmd(), newStatusCmd(), newStatsCmd(), newSSCmd(), newSockstatCmd(), newBenchCmd(), newNetperfCmd())
+	root.AddCommand(newRunCmd(), newRouterCmd(), newSysctlCmd(), newStatusCmd(), newStatsCmd(), newSSCmd(), newSockstatCmd(), newBenchCmd(), newNetperfCmd(), newEmulateCmd())
 	return root
 }

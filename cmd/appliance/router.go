@@ -16,6 +16,7 @@ import (
 
 	"github.com/nsappliance/appliance/appliance"
 	"github.com/nsappliance/appliance/control"
+	"github.com/nsappliance/appliance/emulate"
 	"github.com/nsappliance/appliance/netstack"
 	"github.com/nsappliance/appliance/tun"
 )
@@ -31,6 +32,7 @@ type routerFlags struct {
 	cc           string
 	name         string
 	noOffload    bool
+	emulate      string
 }
 
 func newRouterCmd() *cobra.Command {
@@ -81,6 +83,7 @@ SIGINT/SIGTERM remove both devices and exit 0. If either device goes away
 	fl.StringVar(&f.cc, "cc", "cubic", "default TCP congestion control of netstack (forwarded traffic does not use it)")
 	fl.StringVar(&f.name, "name", "default", "instance name; the control socket is /run/appliance/NAME.sock")
 	fl.BoolVar(&f.noOffload, "no-offload", false, "open the TUNs without virtio-net header offloads (checksum, TSO, USO)")
+	fl.StringVar(&f.emulate, "emulate", "", "link emulation on the path between the namespaces, both directions (netem's meanings), e.g. delay=20ms,loss=1%,rate=100mbit; see `appliance emulate --help`")
 	return cmd
 }
 
@@ -163,6 +166,10 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 	if err != nil {
 		return err
 	}
+	spec, err := parseEmulate(f.emulate)
+	if err != nil {
+		return err
+	}
 	for _, p := range []string{nsA, nsB} {
 		if err := checkNetnsPath(p); err != nil {
 			return err
@@ -219,8 +226,17 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 		}
 		links = append(links, &routerLink{ns: s.ns, dev: dev, ep: ep})
 	}
-	r, err := appliance.NewRouter(links[0].ep, links[1].ep, opts)
+	// Link a's endpoint carries every packet between the namespaces once
+	// each way (in: A to B, out: B to A), so the emulation wraps it. It is
+	// always wrapped, so `appliance emulate` can turn emulation on later.
+	em, err := emulate.New(links[0].ep, spec, emulate.Options{Logger: log})
 	if err != nil {
+		closeLinks()
+		return err
+	}
+	r, err := appliance.NewRouter(em, links[1].ep, opts)
+	if err != nil {
+		em.Close()
 		closeLinks()
 		return err
 	}
@@ -228,6 +244,7 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 
 	mux := http.NewServeMux()
 	control.HandleSysctl(mux, r.Stack().Sysctl())
+	handleEmulate(mux, em)
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
 		st := routerStatus{
 			Name: f.name, Mode: "router", PID: os.Getpid(), Goroutines: runtime.NumGoroutine(),

@@ -26,6 +26,7 @@ import (
 	"github.com/nsappliance/appliance/appliance"
 	"github.com/nsappliance/appliance/capture"
 	"github.com/nsappliance/appliance/control"
+	"github.com/nsappliance/appliance/emulate"
 	"github.com/nsappliance/appliance/metrics"
 	"github.com/nsappliance/appliance/netstack"
 	"github.com/nsappliance/appliance/tun"
@@ -51,6 +52,7 @@ type runFlags struct {
 	maxUDP       int
 	pcap         string
 	metrics      string
+	emulate      string
 }
 
 func newRunCmd() *cobra.Command {
@@ -96,6 +98,7 @@ drain for --grace, and exit 0. With COMMAND, it exits with COMMAND's status.`,
 	fl.DurationVar(&f.udpIdle, "udp-timeout", 60*time.Second, "idle timeout of a UDP flow")
 	fl.IntVar(&f.maxUDP, "max-udp-flows", 4096, "concurrent UDP flows; new flows beyond it are dropped")
 	fl.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on ADDR (host:port, in the appliance's own namespace) at /metrics")
+	fl.StringVar(&f.emulate, "emulate", "", "link emulation on the container link (netem's meanings), e.g. delay=20ms,jitter=2ms,loss=1%,rate=100mbit,limit=1000; see `appliance emulate --help`; in = container to world, out = world to container")
 	fl.StringVar(&f.pcap, "pcap", "", "write every packet on the container link to FILE (pcap, tcpdump-readable)")
 	return cmd
 }
@@ -187,6 +190,10 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	if err != nil {
 		return err
 	}
+	spec, err := parseEmulate(f.emulate)
+	if err != nil {
+		return err
+	}
 	modes := 0
 	if f.netns != "" {
 		modes++
@@ -257,9 +264,16 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 		}
 		defer pf.Close() // after the gateway (deferred below) is closed
 	}
-	gw, err := appliance.NewGateway(link, opts)
+	// Always wrapped, so `appliance emulate` can turn emulation on later;
+	// an empty spec passes packets straight through.
+	em, err := emulate.New(link, spec, emulate.Options{Logger: log})
 	if err != nil {
 		ep.Close()
+		return err
+	}
+	gw, err := appliance.NewGateway(em, opts)
+	if err != nil {
+		em.Close()
 		return err
 	}
 	defer gw.Close()
@@ -294,8 +308,10 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		control.WriteJSON(w, http.StatusOK, map[string]map[string]uint64{
 			"netstack": gw.Stack().Counters(), "link": ep.Stats().Map(), "gateway": gw.Counters(),
+			"emulate": em.Stats(),
 		})
 	})
+	handleEmulate(mux, em)
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		control.WriteJSON(w, http.StatusOK, status{
 			Name: f.name, Mode: "gateway", PID: os.Getpid(), Goroutines: runtime.NumGoroutine(),
