@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -158,6 +159,16 @@ func TestRouter(t *testing.T) {
 		for _, k := range []string{"forwarding_exhausted_ttl", "forwarding_packet_too_big", "icmp4_sent_time_exceeded", "icmp6_sent_packet_too_big"} {
 			if st.Counters[k] == 0 {
 				t.Errorf("status counter %s = 0 after the ICMP tests", k)
+			}
+		}
+		// The same numbers through `appliance stats`.
+		stats, err := app.Ctl(ctx, "stats", "netstack_ip_forwarding_exhausted_ttl", "link_a_rx_packets")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, re := range []string{`(?m)^netstack_ip_forwarding_exhausted_ttl\s+[1-9]`, `(?m)^link_a_rx_packets\s+[1-9]`} {
+			if !regexp.MustCompile(re).Match(stats) {
+				t.Errorf("appliance stats in router mode lacks %s:\n%s", re, stats)
 			}
 		}
 	})

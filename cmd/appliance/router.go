@@ -245,6 +245,12 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 	mux := http.NewServeMux()
 	control.HandleSysctl(mux, r.Stack().Sysctl())
 	handleEmulate(mux, em)
+	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, _ *http.Request) {
+		control.WriteJSON(w, http.StatusOK, map[string]map[string]uint64{
+			"netstack": r.Stack().Counters(), "link_a": links[0].ep.Stats().Map(),
+			"link_b": links[1].ep.Stats().Map(), "emulate": em.Stats(),
+		})
+	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
 		st := routerStatus{
 			Name: f.name, Mode: "router", PID: os.Getpid(), Goroutines: runtime.NumGoroutine(),
