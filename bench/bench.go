@@ -45,10 +45,19 @@ type Config struct {
 	// which have no router mode, are left out.
 	Mode string
 	// CC is the appliance's congestion control (--cc); empty leaves the
-	// appliance's default.
+	// appliance's default. When the kernel offers it (KernelCC), the
+	// kernel reference's iperf3 senders use it too (iperf3 -C), and so do
+	// the appliance row's in router mode, whose TCP endpoints are the
+	// kernel's own sockets in the client and server namespaces.
 	CC string
-	// Emulate is passed as --emulate when not empty.
+	// Emulate is passed as --emulate when not empty. The kernel path gets
+	// no emulation (this kernel has no netem): its row is the un-emulated
+	// reference. With Emulate, every run is recorded in detail (Series).
 	Emulate string
+	// Series records each iperf3 run per Interval (throughput, the
+	// sender's RTT), its retransmits and, during it, ping's RTTs: the
+	// Result's Up and Down, what a plot draws.
+	Series bool
 	// Time is the iperf3 duration per direction. Zero means 5s.
 	Time time.Duration
 	// RRTime is the duration of the RR and of the CRR run. Zero means 2s.
@@ -60,6 +69,9 @@ type Config struct {
 	MTUs []int
 	// Progress receives one line per step; nil discards.
 	Progress io.Writer
+
+	// senderCC is CC when the kernel offers it, for iperf3 -C.
+	senderCC string
 }
 
 // Result is one row of the table: one path at one MTU.
@@ -76,6 +88,13 @@ type Result struct {
 	DownGbps float64   `json:"down_gbps"`
 	RR       RRResult  `json:"rr"`
 	CRR      CRRResult `json:"crr"`
+	// Emulate is the link emulation on this path ("" for none: always so
+	// for the kernel path).
+	Emulate string `json:"emulate,omitempty"`
+	// Up and Down are the iperf3 runs in detail when Config.Series or
+	// Config.Emulate asked for it.
+	Up   *Transfer `json:"up_run,omitempty"`
+	Down *Transfer `json:"down_run,omitempty"`
 }
 
 func (c *Config) defaults() error {
@@ -119,7 +138,40 @@ func (c *Config) defaults() error {
 	if c.Progress == nil {
 		c.Progress = io.Discard
 	}
+	if c.Emulate != "" {
+		c.Series = true
+	}
+	if c.CC != "" {
+		if ok, avail := KernelCC(c.CC); ok {
+			c.senderCC = c.CC
+		} else {
+			fmt.Fprintf(c.Progress, "bench: the kernel has no congestion control %q (available: %s): kernel senders keep their default\n",
+				c.CC, strings.Join(avail, " "))
+		}
+	}
 	return nil
+}
+
+// iperfCC is the congestion control path's iperf3 senders use (-C), or ""
+// for the kernel's default. The kernel reference uses CC when the kernel
+// has it; in router mode so does the appliance row, whose senders are
+// kernel sockets on either side of the router.
+func (c *Config) iperfCC(path string) string {
+	if path == PathKernel || (c.Mode == "router" && path == PathAppliance) {
+		return c.senderCC
+	}
+	return ""
+}
+
+// runCC names the congestion control of path's runs in plots.
+func (c *Config) runCC(path string) string {
+	if cc := c.iperfCC(path); cc != "" {
+		return cc
+	}
+	if path == PathAppliance && c.CC != "" {
+		return c.CC
+	}
+	return "default"
 }
 
 // Run measures every path at every MTU, one at a time, and returns the rows
@@ -187,21 +239,38 @@ func measurePath(ctx context.Context, cfg *Config, path string, mtu int) Result 
 		r.Errors = append(r.Errors, what+": "+oneLine(err.Error()))
 		progress("%s failed: %v", what, err)
 	}
+	if path == PathAppliance {
+		r.Emulate = cfg.Emulate
+	}
 	for _, dir := range []struct {
-		name string
-		rev  bool
-		out  *float64
-	}{{"upload", false, &r.UpGbps}, {"download", true, &r.DownGbps}} {
+		name, short string
+		rev         bool
+		out         *float64
+		run         **Transfer
+	}{{"upload", "up", false, &r.UpGbps, &r.Up}, {"download", "down", true, &r.DownGbps, &r.Down}} {
 		if ctx.Err() != nil {
 			return r
 		}
 		progress("iperf3 %s for %v", dir.name, cfg.Time)
-		g, err := e.iperf(ctx, cfg.Time, dir.rev)
-		if err != nil {
-			fail("iperf3 "+dir.name, err)
+		if !cfg.Series {
+			g, err := e.iperf(ctx, cfg.Time, dir.rev)
+			if err != nil {
+				fail("iperf3 "+dir.name, err)
+				continue
+			}
+			*dir.out = g
 			continue
 		}
+		name := fmt.Sprintf("%s/%d/%s/%s", path, mtu, dir.short, cfg.runCC(path))
+		g, run, err := e.iperfRun(ctx, cfg, path, dir.rev)
+		if run != nil {
+			run.Name = name
+			*dir.run = run
+		}
 		*dir.out = g
+		if err != nil {
+			fail("iperf3 "+dir.name, err)
+		}
 	}
 	if ctx.Err() != nil {
 		return r

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
@@ -79,7 +80,7 @@ func setup(ctx context.Context, cfg *Config, path string, mtu int) (*env, error)
 	if err != nil {
 		return e, err
 	}
-	return e, e.startServers()
+	return e, e.startServers(cfg.Series)
 }
 
 // setupKernel: client <-veth-> server, both ends at mtu.
@@ -222,8 +223,16 @@ func waitDefaultRoute(ctx context.Context, c *testbed.Netns) error {
 	}
 }
 
-func (e *env) startServers() error {
-	if _, err := e.server.Start("iperf3", "-s", "-B", e.addr, "-p", fmt.Sprint(iperfPort)); err != nil {
+// startServers starts iperf3 and the RR/CRR server. With series, iperf3
+// reports in JSON per Interval, so that a client's --get-server-output
+// carries the server's intervals: the receiver's throughput of an upload,
+// the sender's RTT of a download.
+func (e *env) startServers(series bool) error {
+	args := []string{"-s", "-B", e.addr, "-p", fmt.Sprint(iperfPort)}
+	if series {
+		args = append(args, "-J", "-i", fmt.Sprint(Interval.Seconds()))
+	}
+	if _, err := e.server.Start("iperf3", args...); err != nil {
 		return err
 	}
 	if _, err := e.server.Start(e.bin, "netperf", "serve", fmt.Sprintf("%s:%d", e.addr, netperfPort)); err != nil {
@@ -250,6 +259,73 @@ func (e *env) iperf(ctx context.Context, d time.Duration, reverse bool) (float64
 		return 0, fmt.Errorf("%w: %v", err, perr)
 	}
 	return g, perr
+}
+
+// iperfRun runs one iperf3 test from the client like iperf, and records
+// it in detail: per-Interval throughput and sender RTT, retransmits, ping's
+// RTTs through the same path during the run (the fallback when iperf3
+// reports no RTT), and on an emulated appliance path the emulation's drops
+// during the run. It returns the Gbit/s and the run, which may be partial
+// when err is not nil.
+func (e *env) iperfRun(ctx context.Context, cfg *Config, path string, reverse bool) (float64, *Transfer, error) {
+	secs := max(1, int(math.Ceil(cfg.Time.Seconds())))
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
+	defer cancel()
+	args := []string{"-c", e.addr, "-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(secs), "-J",
+		"-i", fmt.Sprint(Interval.Seconds()), "--get-server-output"}
+	if reverse {
+		args = append(args, "-R")
+	}
+	if cc := cfg.iperfCC(path); cc != "" {
+		args = append(args, "-C", cc)
+	}
+	var errs []error
+	var before map[string]uint64
+	emulated := path == PathAppliance && cfg.Emulate != "" && e.app != nil
+	if emulated {
+		var err error
+		if before, err = emulationCounters(ctx, e.app.Name); err != nil {
+			errs = append(errs, err)
+			emulated = false
+		}
+	}
+	// 20 pings 50 ms apart, from half a second into the transfer: the RTT
+	// under load, as the transfer's packets see it.
+	pings := make(chan []byte, 1)
+	go func() {
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-ctx.Done():
+			pings <- nil
+			return
+		}
+		out, _ := e.client.Command(ctx, "ping", "-n", "-c", "20", "-i", "0.05", "-W", "2", e.addr).Output()
+		pings <- out
+	}()
+	out, err := e.client.Command(ctx, "iperf3", args...).Output()
+	ping := parsePing(<-pings)
+	g, perr := parseIperf(out)
+	if perr != nil {
+		if err != nil {
+			perr = fmt.Errorf("%w: %v", err, perr)
+		}
+		errs = append(errs, perr)
+	}
+	run, derr := parseIperfDetail(out)
+	if derr != nil {
+		return g, nil, errors.Join(errs...)
+	}
+	run.summarizeRTT(ping)
+	if emulated {
+		after, err := emulationCounters(ctx, e.app.Name)
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			run.Emulated = true
+			run.QueueDrops, run.Lost = emulationDrops(before, after)
+		}
+	}
+	return g, &run, errors.Join(errs...)
 }
 
 // netperf runs `BIN netperf MODE` in the client and decodes its JSON.

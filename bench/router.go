@@ -17,7 +17,10 @@ const (
 )
 
 // setupKernelRouter: client <-veth-> router (ip_forward=1) <-veth-> server,
-// every end at mtu: what the appliance's router mode stands in for.
+// every end at mtu: what the appliance's router mode stands in for. It has
+// no link emulation even when Config.Emulate asks for it: this kernel has no
+// netem (sch_netem), which is why the appliance emulates links at all. Its
+// row is the un-emulated reference.
 func (e *env) setupKernelRouter(mtu int) error {
 	c, err := e.netns("c")
 	if err != nil {
@@ -80,8 +83,14 @@ func (e *env) setupRouter(cfg *Config, mtu int) error {
 		return err
 	}
 	name := testbed.UniqueName("bench")
-	p, err := h.Start(cfg.Bin, "router", "--name", name, "--mtu", fmt.Sprint(mtu), "--no-ipv6",
-		"--log-level", "warn", c.Path, s.Path)
+	args := []string{"router", "--name", name, "--mtu", fmt.Sprint(mtu), "--no-ipv6", "--log-level", "warn"}
+	if cfg.CC != "" {
+		args = append(args, "--cc", cfg.CC)
+	}
+	if cfg.Emulate != "" {
+		args = append(args, "--emulate", cfg.Emulate)
+	}
+	p, err := h.Start(cfg.Bin, append(args, c.Path, s.Path)...)
 	if err != nil {
 		return err
 	}

@@ -10,8 +10,14 @@ import (
 // WriteTable prints results as one table: a row per path and MTU, with
 // throughput both ways, RR latency, CRR rate and the ratios to the kernel
 // path at the same MTU. Rows that failed are listed with their errors below
-// the table.
+// the table. When a path had link emulation, the table gains the iperf3
+// runs' RTT (mean, p95), retransmits and the emulation's queue drops and
+// losses, each as upload/download.
 func WriteTable(w io.Writer, results []Result) error {
+	emulated := false
+	for _, r := range results {
+		emulated = emulated || r.Emulate != ""
+	}
 	kernel := map[int]Result{}
 	for _, r := range results {
 		if r.Path == PathKernel && r.Skipped == "" {
@@ -25,7 +31,11 @@ func WriteTable(w io.Writer, results []Result) error {
 	}
 	left := func(s string) string { return fmt.Sprintf("%-*s", pw, s) }
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, left("path")+"\tMTU\tup Gbit/s\tdown Gbit/s\tup/kernel\tdown/kernel\tRR p50 µs\tRR p99 µs\tCRR conn/s\tCRR/kernel\t")
+	head := left("path") + "\tMTU\tup Gbit/s\tdown Gbit/s\tup/kernel\tdown/kernel\tRR p50 µs\tRR p99 µs\tCRR conn/s\tCRR/kernel\t"
+	if emulated {
+		head += "RTT mean ms\tRTT p95 ms\tretrans\tqdrops\tlost\t"
+	}
+	fmt.Fprintln(tw, head)
 	var notes []string
 	for _, r := range results {
 		if r.Skipped != "" {
@@ -39,6 +49,14 @@ func WriteTable(w io.Writer, results []Result) error {
 			ratio(r.UpGbps, k.UpGbps, hasK), ratio(r.DownGbps, k.DownGbps, hasK),
 			num(r.RR.P50us, "%.0f"), num(r.RR.P99us, "%.0f"),
 			num(r.CRR.PerSec, "%.0f"), ratio(r.CRR.PerSec, k.CRR.PerSec, hasK),
+		}
+		if emulated {
+			cols = append(cols,
+				updown(r, func(t *Transfer) string { return num(t.RTTMeanMs, "%.1f") }),
+				updown(r, func(t *Transfer) string { return num(t.RTTP95Ms, "%.1f") }),
+				updown(r, func(t *Transfer) string { return fmt.Sprint(t.Retransmits) }),
+				updown(r, func(t *Transfer) string { return counter(t.Emulated, t.QueueDrops) }),
+				updown(r, func(t *Transfer) string { return counter(t.Emulated, t.Lost) }))
 		}
 		fmt.Fprintln(tw, strings.Join(cols, "\t")+"\t")
 		for _, e := range r.Errors {
@@ -54,6 +72,26 @@ func WriteTable(w io.Writer, results []Result) error {
 		}
 	}
 	return nil
+}
+
+// updown formats r's upload and download transfers as "up/down", "-" for
+// a missing one.
+func updown(r Result, f func(*Transfer) string) string {
+	g := func(t *Transfer) string {
+		if t == nil {
+			return "-"
+		}
+		return f(t)
+	}
+	return g(r.Up) + "/" + g(r.Down)
+}
+
+// counter is an emulation counter, "-" where the path had no emulation.
+func counter(emulated bool, v uint64) string {
+	if !emulated {
+		return "-"
+	}
+	return fmt.Sprint(v)
 }
 
 func num(v float64, format string) string {

@@ -751,3 +751,48 @@ func TestSockstat(t *testing.T) {
 	hold.Kill()
 	waitSockstat(`(?m)^TCP: inuse 0 orphan 0 tw \d+ alloc 0 mem 0$`)
 }
+
+// TestCustomLayout: --cidr, --no-ipv6, --tun and --cc change what the
+// README says they change.
+func TestCustomLayout(t *testing.T) {
+	tp := newTopo(t, topoOpts{args: []string{"--cidr", "192.168.77.0/24", "--no-ipv6", "--tun", "eth7", "--cc", "reno"}})
+	out := run(t, tp.cont, 5*time.Second, "ip", "addr", "show", "eth7")
+	if !strings.Contains(out, "inet 192.168.77.100/24") || strings.Contains(out, "fd00:") {
+		t.Errorf("eth7 addresses with --cidr 192.168.77.0/24 --no-ipv6:\n%s", out)
+	}
+	if out := run(t, tp.cont, 5*time.Second, "ip", "route", "show", "default"); !strings.Contains(out, "via 192.168.77.2 dev eth7") {
+		t.Errorf("default route = %q, want via 192.168.77.2 dev eth7", out)
+	}
+	url := fmt.Sprintf("http://198.18.0.2:%d/", httpPort)
+	if out := run(t, tp.cont, 20*time.Second, "curl", "-sS", "--max-time", "10", url); !strings.HasPrefix(out, "remote=198.18.0.1:") {
+		t.Errorf("curl through the custom layout = %q", out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if out, err := tp.app.Ctl(ctx, "sysctl", "net.ipv4.tcp_congestion_control"); err != nil || strings.TrimSpace(string(out)) != "net.ipv4.tcp_congestion_control = reno" {
+		t.Errorf("sysctl after --cc reno = %q, %v", out, err)
+	}
+}
+
+// TestBench runs the README's measuring command in miniature: the kernel
+// and appliance rows must both come out with numbers.
+func TestBench(t *testing.T) {
+	requireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, applianceBin, "bench", "--time", "1s", "--rr-time", "500ms", "--mtu", "1500", "--compare", "kernel")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("appliance bench: %v\n%s", err, out)
+	}
+	for _, path := range []string{"kernel", "appliance"} {
+		re := regexp.MustCompile(`(?m)^\s*` + path + `\s+1500\s+([0-9.]+)\s+([0-9.]+)\s`)
+		m := re.FindSubmatch(out)
+		if m == nil {
+			t.Fatalf("bench output has no %s row:\n%s", path, out)
+		}
+		if string(m[1]) == "0.00" || string(m[2]) == "0.00" {
+			t.Errorf("bench %s row moved nothing: %s", path, m[0])
+		}
+	}
+}

@@ -21,9 +21,9 @@ import (
 // with, one table.
 func newBenchCmd() *cobra.Command {
 	var (
-		mode, cc, emulate, compare, mtus string
-		dur, rrDur                       time.Duration
-		asJSON                           bool
+		mode, cc, emulate, compare, mtus, plot string
+		dur, rrDur                             time.Duration
+		asJSON                                 bool
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -44,10 +44,28 @@ Each path runs iperf3 (one stream, upload and download with -R), a
 request/response test like netperf TCP_RR (one connection, one byte each way;
 p50/p99 latency) and a connection test like TCP_CRR (connect, one byte each
 way, close; connections per second). It prints one table with the ratios to
-the kernel path and removes everything it made, also on Ctrl-C.`,
+the kernel path and removes everything it made, also on Ctrl-C.
+
+With --emulate, the appliance's path has link emulation and iperf3 reports
+every 0.5s; the table gains each run's RTT (mean and p95 of the sender's
+TCP_INFO RTT, or of 20 pings during the run when iperf3 has none),
+retransmits and the emulation's queue drops (tail drop + CoDel) and losses,
+as upload/download. The kernel path has no emulation (this kernel has no
+netem): its row is the un-emulated reference. --cc also sets the kernel
+senders' congestion control (iperf3 -C) of the kernel path and, in router
+mode, of the appliance path, whose TCP endpoints are kernel sockets; it is
+skipped with a note when the kernel lacks it. --plot draws every run's
+throughput and RTT over time into an SVG file, one line per run.`,
+		Example: `  appliance bench --mode router --emulate rate=100mbit,delay=20ms --cc cubic --plot cubic.svg
+  appliance bench --compare kernel --mtu 1500 --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg := bench.Config{Mode: mode, CC: cc, Emulate: emulate, Time: dur, RRTime: rrDur, Progress: os.Stderr}
+			cfg := bench.Config{Mode: mode, CC: cc, Emulate: emulate, Series: plot != "", Time: dur, RRTime: rrDur, Progress: os.Stderr}
+			if emulate != "" {
+				if _, err := parseEmulate(emulate); err != nil {
+					return err
+				}
+			}
 			if mode != "gateway" && mode != "router" {
 				return usagef("--mode %q: want gateway or router", mode)
 			}
@@ -82,6 +100,12 @@ the kernel path and removes everything it made, also on Ctrl-C.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			results, err := bench.Run(ctx, cfg)
+			if plot != "" && len(results) > 0 {
+				if perr := benchPlot(plot, cfg, results); perr != nil {
+					return perr
+				}
+				fmt.Fprintf(os.Stderr, "bench: plot written to %s\n", plot)
+			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
@@ -91,6 +115,9 @@ the kernel path and removes everything it made, also on Ctrl-C.`,
 			} else if len(results) > 0 {
 				fmt.Fprintf(cmd.OutOrStdout(), "bench: %s mode, cc %s, iperf3 %v per direction, RR/CRR %v each\n",
 					mode, benchOr(cc, "default"), dur, rrDur)
+				if emulate != "" {
+					fmt.Fprintf(cmd.OutOrStdout(), "bench: emulation %s on the appliance path; the kernel path is the un-emulated reference (no netem); RTT, retrans, qdrops, lost are upload/download\n", emulate)
+				}
 				if werr := bench.WriteTable(cmd.OutOrStdout(), results); werr != nil {
 					return werr
 				}
@@ -107,6 +134,7 @@ the kernel path and removes everything it made, also on Ctrl-C.`,
 	fl.StringVar(&compare, "compare", strings.Join(bench.ComparePaths, ","), "other paths to measure: "+strings.Join(bench.ComparePaths, ",")+" (comma-separated; missing tools print \"not installed\")")
 	fl.StringVar(&mtus, "mtu", "1500,65520", "MTUs to measure (comma-separated; router mode: 1500)")
 	fl.BoolVar(&asJSON, "json", false, "print the results as JSON instead of a table")
+	fl.StringVar(&plot, "plot", "", "draw each iperf3 run's throughput and RTT over time into this SVG file")
 	return cmd
 }
 
@@ -163,6 +191,23 @@ func newNetperfCmd() *cobra.Command {
 		})
 	}
 	return cmd
+}
+
+// benchPlot writes the runs of results as an SVG plot to file.
+func benchPlot(file string, cfg bench.Config, results []bench.Result) error {
+	title := fmt.Sprintf("appliance bench: %s mode, cc %s", cfg.Mode, benchOr(cfg.CC, "default"))
+	if cfg.Emulate != "" {
+		title += ", emulate " + cfg.Emulate + " (kernel: none)"
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return fmt.Errorf("bench: plot: %w", err)
+	}
+	if err := bench.WritePlot(f, title, bench.Transfers(results)); err != nil {
+		f.Close()
+		return fmt.Errorf("bench: plot %s: %w", file, err)
+	}
+	return f.Close()
 }
 
 func benchSplitList(s string) []string {
