@@ -24,6 +24,7 @@ type item struct {
 	pkt   *stack.PacketBuffer
 	proto tcpip.NetworkProtocolNumber
 	wire  int       // bytes the rate limiter charges
+	segs  int       // wire packets it stands for (limit counts these)
 	enq   time.Time // entered the direction
 	rel   time.Time // leaves the delay line
 	seq   uint64    // arrival order, breaks ties in the delay line
@@ -67,7 +68,7 @@ type direction struct {
 	// +checklocks:mu
 	seq uint64
 	// +checklocks:mu
-	held int // packets in rq and dq
+	held int // wire packets in rq and dq (a GSO packet counts its segments)
 	// rq is the bottleneck FIFO from rqHead on.
 	// +checklocks:mu
 	rq []item
@@ -209,7 +210,8 @@ func (d *direction) enqueueLocked(now time.Time, pkt *stack.PacketBuffer, proto 
 	}
 	wake := false
 	for i := 0; i < copies; i++ {
-		if d.held >= d.spec.limit() {
+		wire, segs := wireSize(pkt)
+		if d.held+segs > d.spec.limit() {
 			d.stats.droppedQueue.Add(1)
 			continue
 		}
@@ -223,9 +225,9 @@ func (d *direction) enqueueLocked(now time.Time, pkt *stack.PacketBuffer, proto 
 		default:
 			p = copyPacket(pkt) // a private copy: the stack may write the first in place
 		}
-		it := item{pkt: p, proto: proto, wire: wireBytes(p), enq: now, seq: d.seq}
+		it := item{pkt: p, proto: proto, wire: wire, segs: segs, enq: now, seq: d.seq}
 		d.seq++
-		d.held++
+		d.held += segs
 		var ev time.Time
 		if d.bottleneckLocked() || d.rqLen() > 0 {
 			d.rq = append(d.rq, it)
@@ -297,8 +299,9 @@ func (d *direction) pollLocked(now time.Time, out []item) ([]item, time.Time) {
 		d.toDelayLocked(it, d.headDep)
 	}
 	for len(d.dq) > 0 && !d.dq[0].rel.After(now) {
-		out = append(out, d.heapPop())
-		d.held--
+		it := d.heapPop()
+		out = append(out, it)
+		d.held -= it.segs
 	}
 	var next time.Time
 	if d.rqLen() > 0 {
@@ -365,8 +368,8 @@ func (d *direction) startHeadLocked() bool {
 // +checklocks:d.mu
 func (d *direction) dropHeadLocked() {
 	d.rq[d.rqHead].pkt.DecRef()
+	d.held -= d.rq[d.rqHead].segs
 	d.popHeadLocked()
-	d.held--
 	d.stats.droppedCoDel.Add(1)
 }
 
@@ -593,13 +596,16 @@ func (d *direction) addStats(m map[string]uint64) {
 	d.mu.Unlock()
 }
 
-// wireBytes is what pkt costs on the wire: a GSO packet is cut into
-// ceil(payload/MSS) segments, each with its own copy of the headers.
-func wireBytes(pkt *stack.PacketBuffer) int {
+// wireSize is what pkt costs on the wire and how many wire packets it
+// stands for: a GSO packet is cut into ceil(payload/MSS) segments, each
+// with its own copy of the headers. A queue limit in packets thus means
+// MTU-sized packets, as at a real bottleneck, not 64 KiB super-packets
+// (which would make limit=1000 a 64 MB queue).
+func wireSize(pkt *stack.PacketBuffer) (bytes, segs int) {
 	size := pkt.Size()
 	g := pkt.GSOOptions
 	if g.Type == stack.GSONone || g.MSS == 0 {
-		return size
+		return size, 1
 	}
 	hdr := int(g.L3HdrLen)
 	if off, ok := byteAt(pkt, hdr+12); ok && (g.Type == stack.GSOTCPv4 || g.Type == stack.GSOTCPv6) {
@@ -609,10 +615,10 @@ func wireBytes(pkt *stack.PacketBuffer) int {
 	}
 	payload := size - hdr
 	if payload <= int(g.MSS) {
-		return size
+		return size, 1
 	}
-	segs := (payload + int(g.MSS) - 1) / int(g.MSS)
-	return size + (segs-1)*hdr
+	segs = (payload + int(g.MSS) - 1) / int(g.MSS)
+	return size + (segs-1)*hdr, segs
 }
 
 // byteAt reads the byte at off of pkt's headers and data.

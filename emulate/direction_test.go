@@ -155,16 +155,40 @@ func TestRateThenDelay(t *testing.T) {
 	}
 }
 
-func TestWireBytesGSO(t *testing.T) {
-	// 20-byte IPv4 header, 20-byte TCP header, 4000 bytes payload, MSS
-	// 1000: 4 segments of 1040 bytes on the wire.
+// gsoPacket is an IPv4/TCP GSO packet: 20-byte IP and TCP headers, 4000
+// bytes of payload, MSS 1000, so 4 segments of 1040 bytes on the wire.
+func gsoPacket() *stack.PacketBuffer {
 	b := make([]byte, 4040)
 	b[0], b[20+12] = 0x45, 5<<4
 	p := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
-	defer p.DecRef()
 	p.GSOOptions = stack.GSO{Type: stack.GSOTCPv4, MSS: 1000, L3HdrLen: 20}
-	if got, want := wireBytes(p), 4*1040; got != want {
-		t.Errorf("wireBytes = %d, want %d", got, want)
+	return p
+}
+
+func TestWireSizeGSO(t *testing.T) {
+	p := gsoPacket()
+	defer p.DecRef()
+	if b, segs := wireSize(p); b != 4*1040 || segs != 4 {
+		t.Errorf("wireSize = %d bytes, %d segments; want %d, 4", b, segs, 4*1040)
+	}
+}
+
+// TestLimitCountsSegments: limit is in wire packets, so a GSO packet of 4
+// segments takes 4 places in the queue.
+func TestLimitCountsSegments(t *testing.T) {
+	h := newHarness(t, "rate=1mbit,limit=6")
+	for i := 0; i < 2; i++ {
+		p := gsoPacket()
+		h.d.mu.Lock()
+		h.d.enqueueLocked(t0, p, header.IPv4ProtocolNumber)
+		h.d.mu.Unlock()
+		p.DecRef()
+	}
+	if got := h.d.stats.droppedQueue.Load(); got != 1 {
+		t.Fatalf("dropped %d GSO packets at limit=6, want 1 (4+4 segments > 6)", got)
+	}
+	if got := h.d.held; got != 4 {
+		t.Fatalf("held = %d wire packets, want 4", got)
 	}
 }
 
