@@ -322,6 +322,13 @@ func (g *Gateway) Close() error {
 		for _, f := range g.snapshotFlows() {
 			f.close()
 		}
+		// Abort every netstack endpoint, handshakes in progress included:
+		// a forwarder handler blocks in CreateEndpoint until its handshake
+		// ends, which with the NIC down would take the SYN-ACK retries
+		// (about two minutes).
+		for _, e := range g.stack.RegisteredEndpoints() {
+			e.Abort()
+		}
 		g.wg.Wait()
 		g.stack.Destroy()
 		g.log.Info("gateway closed")

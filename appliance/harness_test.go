@@ -96,7 +96,12 @@ func (n *testNet) close() {
 
 func newChannel() *channel.Endpoint { return channel.New(16, testMTU, "") }
 
+// afterInject, when set, runs on a pump after each packet it delivers, as
+// the TUN reader's AfterBatch does (deferred TCP processing).
+var afterInject func()
+
 func pumpPackets(ctx context.Context, from, to *channel.Endpoint) {
+	after := afterInject
 	for {
 		pkt := from.ReadContext(ctx)
 		if pkt == nil {
@@ -107,6 +112,9 @@ func pumpPackets(ctx context.Context, from, to *channel.Endpoint) {
 		pkt.DecRef()
 		to.InjectInbound(proto, np)
 		np.DecRef()
+		if after != nil {
+			after()
+		}
 	}
 }
 

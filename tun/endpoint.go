@@ -37,6 +37,10 @@ type EndpointOptions struct {
 	// receiver would drop it. Local delivery does not (netstack trusts the
 	// kernel), so gateway mode leaves it off.
 	CompleteChecksums bool
+	// AfterBatch, if set, runs on the reader goroutine after each batch has
+	// been delivered (and GRO flushed), holding no stack locks: where
+	// deferred TCP processing (tcp.ProcessDeferred) belongs.
+	AfterBatch func()
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -54,6 +58,7 @@ type Endpoint struct {
 	budget   int
 	log      *slog.Logger
 	fullCsum bool
+	after    func()
 
 	mtu atomic.Uint32
 
@@ -131,6 +136,7 @@ func NewEndpoint(dev *Device, opts EndpointOptions) (*Endpoint, error) {
 		fd:       fd,
 		budget:   opts.Budget,
 		fullCsum: opts.CompleteChecksums,
+		after:    opts.AfterBatch,
 		log:      log.With("component", "tun", "dev", dev.Name),
 		done:     make(chan struct{}),
 		uso:      make([]byte, maxPacket),
@@ -318,7 +324,12 @@ func (e *Endpoint) readLoop() {
 // ran out (the caller polls again at once) and false when the device ran
 // dry (the poller waits for readability).
 func (e *Endpoint) readBatch() (done bool, fatal error) {
-	defer e.gro.Flush()
+	defer func() {
+		e.gro.Flush()
+		if e.after != nil {
+			e.after()
+		}
+	}()
 	for i := 0; i < e.budget; i++ {
 		if e.view == nil {
 			e.view = buffer.NewViewSize(maxPacket)

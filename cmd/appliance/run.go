@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/nsappliance/appliance/appliance"
 	"github.com/nsappliance/appliance/capture"
@@ -250,7 +251,16 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	if err != nil {
 		return err
 	}
-	ep, err := tun.NewEndpoint(dev, tun.EndpointOptions{Logger: log})
+	// netstack's TCP handles inbound segments on the TUN reader after each
+	// batch instead of waking a processor goroutine per segment (patch
+	// 0004): all of gateway mode's inbound TCP comes through this reader.
+	deferTCP := os.Getenv("APPLIANCE_PROCESSOR_TCP") == ""
+	tcp.SetDeferredProcessing(deferTCP)
+	epOpts := tun.EndpointOptions{Logger: log}
+	if deferTCP {
+		epOpts.AfterBatch = tcp.ProcessDeferred
+	}
+	ep, err := tun.NewEndpoint(dev, epOpts)
 	if err != nil {
 		dev.File.Close()
 		return err
