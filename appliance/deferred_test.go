@@ -12,8 +12,10 @@ import (
 )
 
 // TestDeferredTCPProcessing covers gVisor patch 0004 as gateway mode uses
-// it: with deferral on, segments wait for ProcessDeferred, and a relay
-// whose reader calls it after each delivery moves data intact.
+// it: with deferral on and ProcessDeferred called after each delivery, a
+// relayed connection moves data intact. (Whether a given segment waits for
+// ProcessDeferred depends on whether a user goroutine holds the endpoint at
+// that moment, so "nothing moves without it" cannot be asserted reliably.)
 func TestDeferredTCPProcessing(t *testing.T) {
 	tcp.SetDeferredProcessing(true)
 	t.Cleanup(func() { tcp.SetDeferredProcessing(false) })
@@ -21,34 +23,10 @@ func TestDeferredTCPProcessing(t *testing.T) {
 	opts.AllowHostLoopback = true
 	l := hostServer(t, readAllThenEcho)
 
-	// Without anyone calling ProcessDeferred, the handshake cannot finish.
-	stalled := newTestNet(t, opts, true)
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	if c, err := stalled.dial(ctx, gwAddr(tcpPort(l))); err == nil {
-		c.Close()
-		t.Fatal("dial completed with deferred segments never processed: deferral is not in effect")
-	}
-	cancel()
-	// Let the stalled pair tear down: its endpoints still have segments
-	// waiting, which only ProcessDeferred hands on.
-	stop := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-				tcp.ProcessDeferred()
-			}
-		}
-	}()
-	stalled.close()
-	close(stop)
-
 	afterInject = tcp.ProcessDeferred
 	t.Cleanup(func() { afterInject = nil })
 	n := newTestNet(t, opts, true)
-	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	c, err := n.dial(ctx, gwAddr(tcpPort(l)))
 	if err != nil {

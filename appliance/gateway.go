@@ -126,7 +126,7 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 		flows:   make(map[*flow]struct{}),
 		pingSem: make(chan struct{}, maxConcurrentPings),
 	}
-	g.link = &linkTap{LinkEndpoint: ep, g: g}
+	g.link = &linkTap{ownedLink: newOwnedLink(ep), g: g}
 
 	addrs := []tcpip.AddressWithPrefix{
 		addrWithPrefix(opts.IPv4.Gateway, opts.IPv4.Prefix),

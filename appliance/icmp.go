@@ -29,9 +29,8 @@ import (
 // real answer back through the wrapped endpoint. Everything else passes
 // through untouched, GSO included.
 type linkTap struct {
-	stack.LinkEndpoint
-	g       *Gateway
-	noClose atomic.Bool
+	*ownedLink
+	g *Gateway
 }
 
 var (
@@ -46,32 +45,6 @@ func (t *linkTap) Attach(d stack.NetworkDispatcher) {
 	}
 	t.LinkEndpoint.Attach(d)
 }
-
-// GSOMaxSize implements stack.GSOEndpoint for the wrapped endpoint.
-func (t *linkTap) GSOMaxSize() uint32 {
-	if g, ok := t.LinkEndpoint.(stack.GSOEndpoint); ok {
-		return g.GSOMaxSize()
-	}
-	return 0
-}
-
-// SupportedGSO implements stack.GSOEndpoint for the wrapped endpoint.
-func (t *linkTap) SupportedGSO() stack.SupportedGSO {
-	if g, ok := t.LinkEndpoint.(stack.GSOEndpoint); ok {
-		return g.SupportedGSO()
-	}
-	return stack.GSONotSupported
-}
-
-// Close implements stack.LinkEndpoint. After keepOpen it leaves the
-// wrapped endpoint open (NewGateway failed: the caller still owns it).
-func (t *linkTap) Close() {
-	if !t.noClose.Load() {
-		t.LinkEndpoint.Close()
-	}
-}
-
-func (t *linkTap) keepOpen() { t.noClose.Store(true) }
 
 // inject writes one complete IP packet to the container.
 func (t *linkTap) inject(proto tcpip.NetworkProtocolNumber, b []byte) tcpip.Error {

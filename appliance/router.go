@@ -5,11 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"reflect"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"unicode"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -46,7 +43,7 @@ type RouterOptions struct {
 type Router struct {
 	stack      *netstack.Stack
 	nicA, nicB tcpip.NICID
-	links      []*routerLink
+	links      []*ownedLink
 	log        *slog.Logger
 	closeOnce  sync.Once
 }
@@ -90,13 +87,11 @@ func NewRouter(epA, epB stack.LinkEndpoint, opts RouterOptions) (*Router, error)
 		if l.v6.Prefix.IsValid() {
 			addrs = append(addrs, addrWithPrefix(l.v6.Gateway, l.v6.Prefix))
 		}
-		link := &routerLink{LinkEndpoint: l.ep}
-		link.noClose.Store(true) // until NewRouter succeeds
+		link := newOwnedLink(l.ep)
 		r.links = append(r.links, link)
 		id, err := s.AttachNIC(link, netstack.NICOptions{Name: l.name, Addresses: addrs})
 		if err != nil {
-			s.Destroy()
-			return nil, fmt.Errorf("router: nic %s: %w", l.name, err)
+			return r.fail(fmt.Errorf("router: nic %s: %w", l.name, err))
 		}
 		*l.id = id
 		for _, p := range []Layout{l.v4, l.v6} {
@@ -107,13 +102,8 @@ func NewRouter(epA, epB stack.LinkEndpoint, opts RouterOptions) (*Router, error)
 	}
 	for _, p := range []tcpip.NetworkProtocolNumber{ipv4.ProtocolNumber, ipv6.ProtocolNumber} {
 		if err := s.SetForwardingDefaultAndAllNICs(p, true); err != nil {
-			s.Destroy()
-			return nil, fmt.Errorf("router: %w", netstack.Error("enable forwarding", err))
+			return r.fail(fmt.Errorf("router: %w", netstack.Error("enable forwarding", err)))
 		}
-	}
-	// From here on the stack owns the endpoints: Destroy closes them.
-	for _, l := range r.links {
-		l.noClose.Store(false)
 	}
 	r.log.Info("router started", "a", opts.IPv4A.Prefix, "b", opts.IPv4B.Prefix,
 		"a6", opts.IPv6A.Prefix, "b6", opts.IPv6B.Prefix)
@@ -165,6 +155,16 @@ func netMask(p netip.Prefix) []byte {
 	return m
 }
 
+// fail tears down a router NewRouter could not finish, leaving the link
+// endpoints open: the caller still owns them.
+func (r *Router) fail(err error) (*Router, error) {
+	for _, l := range r.links {
+		l.keepOpen()
+	}
+	r.stack.Destroy()
+	return nil, err
+}
+
 // Stack returns the router's netstack.
 func (r *Router) Stack() *netstack.Stack { return r.stack }
 
@@ -178,87 +178,30 @@ func (r *Router) Close() error {
 	return nil
 }
 
-// Counters returns netstack's forwarding counters (from
-// tcpip.IPForwardingStats, e.g. forwarding_exhausted_ttl,
-// forwarding_packet_too_big, forwarding_unrouteable) together with the IP
-// packet counts (ip_packets_received, ip_packets_sent, which includes
-// forwarded packets) and the ICMP errors netstack sent
-// (icmp4_sent_time_exceeded, icmp6_sent_packet_too_big, ...).
+// Counters returns netstack's forwarding counters (tcpip.IPForwardingStats
+// as forwarding_*, e.g. forwarding_exhausted_ttl, forwarding_packet_too_big),
+// the IP packet counts (ip_packets_received, ip_packets_sent, which includes
+// forwarded packets, ...) and the ICMP messages netstack sent
+// (icmp4_sent_time_exceeded, icmp6_sent_packet_too_big, ...), picked from
+// netstack.Stack.Counters.
 func (r *Router) Counters() map[string]uint64 {
-	st := r.stack.Stats()
 	m := make(map[string]uint64)
-	addCounters(m, "forwarding_", st.IP.Forwarding)
-	m["ip_packets_received"] = st.IP.PacketsReceived.Value()
-	m["ip_packets_sent"] = st.IP.PacketsSent.Value()
-	m["ip_packets_delivered"] = st.IP.PacketsDelivered.Value()
-	m["ip_invalid_destination_addresses_received"] = st.IP.InvalidDestinationAddressesReceived.Value()
-	m["ip_outgoing_packet_errors"] = st.IP.OutgoingPacketErrors.Value()
-	addCounters(m, "icmp4_sent_", st.ICMP.V4.PacketsSent.ICMPv4PacketStats)
-	m["icmp4_sent_rate_limited"] = st.ICMP.V4.PacketsSent.RateLimited.Value()
-	addCounters(m, "icmp6_sent_", st.ICMP.V6.PacketsSent.ICMPv6PacketStats)
-	m["icmp6_sent_rate_limited"] = st.ICMP.V6.PacketsSent.RateLimited.Value()
+	for k, v := range r.stack.Counters() {
+		switch {
+		case strings.HasPrefix(k, "ip_forwarding_"):
+			m[strings.TrimPrefix(k, "ip_")] = v
+		case routerIPCounters[k]:
+			m[k] = v
+		case strings.HasPrefix(k, "icmp_v4_packets_sent_"):
+			m["icmp4_sent_"+strings.TrimPrefix(k, "icmp_v4_packets_sent_")] = v
+		case strings.HasPrefix(k, "icmp_v6_packets_sent_"):
+			m["icmp6_sent_"+strings.TrimPrefix(k, "icmp_v6_packets_sent_")] = v
+		}
+	}
 	return m
 }
 
-// addCounters adds every *tcpip.StatCounter field of the struct v to m,
-// named prefix + the field name in snake_case.
-func addCounters(m map[string]uint64, prefix string, v any) {
-	rv := reflect.ValueOf(v)
-	for i := 0; i < rv.NumField(); i++ {
-		c, ok := rv.Field(i).Interface().(*tcpip.StatCounter)
-		if !ok || c == nil {
-			continue
-		}
-		m[prefix+snake(rv.Type().Field(i).Name)] = c.Value()
-	}
-}
-
-// snake turns a Go field name into snake_case: PacketTooBig ->
-// packet_too_big, ExhaustedTTL -> exhausted_ttl.
-func snake(s string) string {
-	var b strings.Builder
-	rs := []rune(s)
-	for i, c := range rs {
-		if unicode.IsUpper(c) && i > 0 && (unicode.IsLower(rs[i-1]) || i+1 < len(rs) && unicode.IsLower(rs[i+1])) {
-			b.WriteByte('_')
-		}
-		b.WriteRune(unicode.ToLower(c))
-	}
-	return b.String()
-}
-
-// routerLink hands a link endpoint to the stack and holds back its Close
-// while noClose is set (NewRouter failed: the caller still owns it). GSO
-// passes through, so super-packets are forwarded whole.
-type routerLink struct {
-	stack.LinkEndpoint
-	noClose atomic.Bool
-}
-
-var (
-	_ stack.LinkEndpoint = (*routerLink)(nil)
-	_ stack.GSOEndpoint  = (*routerLink)(nil)
-)
-
-// GSOMaxSize implements stack.GSOEndpoint for the wrapped endpoint.
-func (l *routerLink) GSOMaxSize() uint32 {
-	if g, ok := l.LinkEndpoint.(stack.GSOEndpoint); ok {
-		return g.GSOMaxSize()
-	}
-	return 0
-}
-
-// SupportedGSO implements stack.GSOEndpoint for the wrapped endpoint.
-func (l *routerLink) SupportedGSO() stack.SupportedGSO {
-	if g, ok := l.LinkEndpoint.(stack.GSOEndpoint); ok {
-		return g.SupportedGSO()
-	}
-	return stack.GSONotSupported
-}
-
-// Close implements stack.LinkEndpoint.
-func (l *routerLink) Close() {
-	if !l.noClose.Load() {
-		l.LinkEndpoint.Close()
-	}
+var routerIPCounters = map[string]bool{
+	"ip_packets_received": true, "ip_packets_sent": true, "ip_packets_delivered": true,
+	"ip_invalid_destination_addresses_received": true, "ip_outgoing_packet_errors": true,
 }

@@ -233,14 +233,3 @@ func TestNewRouterRejects(t *testing.T) {
 		t.Error("NewRouter(nil endpoint) succeeded, want error")
 	}
 }
-
-func TestSnake(t *testing.T) {
-	for in, want := range map[string]string{
-		"PacketTooBig": "packet_too_big", "ExhaustedTTL": "exhausted_ttl", "Errors": "errors",
-		"OutgoingDeviceNoBufferSpace": "outgoing_device_no_buffer_space",
-	} {
-		if got := snake(in); got != want {
-			t.Errorf("snake(%q) = %q, want %q", in, got, want)
-		}
-	}
-}

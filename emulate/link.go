@@ -13,6 +13,8 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/nsappliance/appliance/netstack"
 )
 
 // Options configures New. The zero value is the documented default.
@@ -30,7 +32,7 @@ type Options struct {
 // packets at their time. With an inactive Spec packets pass straight
 // through. Close stops the goroutines and closes the wrapped endpoint.
 type Link struct {
-	stack.LinkEndpoint
+	netstack.WrappedLink // GSO passes through
 
 	clock   Clock
 	log     *slog.Logger
@@ -69,7 +71,7 @@ func New(lower stack.LinkEndpoint, spec Spec, opts Options) (*Link, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	l := &Link{LinkEndpoint: lower, clock: opts.Clock, log: opts.Logger.With("component", "emulate"),
+	l := &Link{WrappedLink: netstack.WrappedLink{LinkEndpoint: lower}, clock: opts.Clock, log: opts.Logger.With("component", "emulate"),
 		spec: spec, stop: make(chan struct{})}
 	l.out = newDirection("out", spec, l.clock, l.writeOut)
 	l.in = newDirection("in", spec, l.clock, l.deliverIn)
@@ -217,22 +219,6 @@ func (i *inbound) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *stac
 	if disp := (*Link)(i).dispatcher.Load(); disp != nil {
 		(*disp).DeliverLinkPacket(proto, pkt)
 	}
-}
-
-// GSOMaxSize implements stack.GSOEndpoint for the wrapped endpoint.
-func (l *Link) GSOMaxSize() uint32 {
-	if g, ok := l.LinkEndpoint.(stack.GSOEndpoint); ok {
-		return g.GSOMaxSize()
-	}
-	return 0
-}
-
-// SupportedGSO implements stack.GSOEndpoint for the wrapped endpoint.
-func (l *Link) SupportedGSO() stack.SupportedGSO {
-	if g, ok := l.LinkEndpoint.(stack.GSOEndpoint); ok {
-		return g.SupportedGSO()
-	}
-	return stack.GSONotSupported
 }
 
 // Close implements stack.LinkEndpoint: it stops both directions, releases

@@ -29,8 +29,13 @@ func walkStats(v reflect.Value, prefix string, emit func(string, uint64)) {
 		}
 		fv := v.Field(i)
 		name := snake(f.Name)
-		if prefix != "" {
+		if f.Anonymous {
+			name = "" // promoted fields keep the outer path, as Go names them
+		}
+		if prefix != "" && name != "" {
 			name = prefix + "_" + name
+		} else if name == "" {
+			name = prefix
 		}
 		switch {
 		case f.Type == statCounterType:

@@ -4,14 +4,18 @@ import "testing"
 
 func TestSnake(t *testing.T) {
 	for in, want := range map[string]string{
-		"PacketsReceived":      "packets_received",
-		"ICMPv4":               "icmpv4",
-		"TCP":                  "tcp",
-		"MalformedRcvdPackets": "malformed_rcvd_packets",
-		"IPStats":              "ip_stats",
-		"V4":                   "v4",
-		"NICs":                 "nics",
-		"UDPs":                 "udps",
+		"PacketsReceived":             "packets_received",
+		"ICMPv4":                      "icmpv4",
+		"TCP":                         "tcp",
+		"MalformedRcvdPackets":        "malformed_rcvd_packets",
+		"IPStats":                     "ip_stats",
+		"V4":                          "v4",
+		"NICs":                        "nics",
+		"PacketTooBig":                "packet_too_big",
+		"ExhaustedTTL":                "exhausted_ttl",
+		"Errors":                      "errors",
+		"OutgoingDeviceNoBufferSpace": "outgoing_device_no_buffer_space",
+		"UDPs":                        "udps",
 	} {
 		if got := snake(in); got != want {
 			t.Errorf("snake(%q) = %q, want %q", in, got, want)
@@ -29,7 +33,9 @@ func TestCounters(t *testing.T) {
 	if got := c["tcp_active_connection_openings"]; got != 3 {
 		t.Errorf("tcp_active_connection_openings = %d, want 3", got)
 	}
-	if _, ok := c["ip_packets_received"]; !ok {
-		t.Error("no ip_packets_received")
+	for _, k := range []string{"ip_packets_received", "icmp_v6_packets_sent_packet_too_big", "icmp_v4_packets_sent_time_exceeded"} {
+		if _, ok := c[k]; !ok {
+			t.Errorf("no %s (embedded structs must not add to the name)", k)
+		}
 	}
 }
