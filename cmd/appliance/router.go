@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -101,33 +99,21 @@ func parseRouter(f routerFlags) (appliance.RouterOptions, error) {
 			return o, usagef("%s %d: want 1280..65535", m.flag, m.v)
 		}
 	}
-	layout := func(flag, s string, v4 bool) (appliance.Layout, error) {
-		p, err := netip.ParsePrefix(s)
-		if err != nil || p.Addr().Is4() != v4 || p.Addr().Is4In6() {
-			fam := map[bool]string{true: "IPv4", false: "IPv6"}[v4]
-			return appliance.Layout{}, usagef("%s %q: not an %s CIDR", flag, s, fam)
-		}
-		l, err := appliance.NewLayout(p)
-		if err != nil {
-			return l, usagef("%s: %v", flag, err)
-		}
-		return l, nil
-	}
 	var err error
-	if o.IPv4A, err = layout("--cidr-a", f.cidrA, true); err != nil {
+	if o.IPv4A, err = parseLayout("--cidr-a", f.cidrA, true); err != nil {
 		return o, err
 	}
-	if o.IPv4B, err = layout("--cidr-b", f.cidrB, true); err != nil {
+	if o.IPv4B, err = parseLayout("--cidr-b", f.cidrB, true); err != nil {
 		return o, err
 	}
 	if o.IPv4A.Prefix.Overlaps(o.IPv4B.Prefix) {
 		return o, usagef("--cidr-a %v and --cidr-b %v overlap", o.IPv4A.Prefix, o.IPv4B.Prefix)
 	}
 	if !f.noIPv6 {
-		if o.IPv6A, err = layout("--cidr6-a", f.cidr6A, false); err != nil {
+		if o.IPv6A, err = parseLayout("--cidr6-a", f.cidr6A, false); err != nil {
 			return o, err
 		}
-		if o.IPv6B, err = layout("--cidr6-b", f.cidr6B, false); err != nil {
+		if o.IPv6B, err = parseLayout("--cidr6-b", f.cidr6B, false); err != nil {
 			return o, err
 		}
 		if o.IPv6A.Prefix.Overlaps(o.IPv6B.Prefix) {
@@ -135,23 +121,7 @@ func parseRouter(f routerFlags) (appliance.RouterOptions, error) {
 		}
 	}
 	o.Stack = netstack.Options{CongestionControl: f.cc}
-	probe, err := netstack.New(o.Stack)
-	if err != nil {
-		return o, usagef("--cc %q: %v", f.cc, err)
-	}
-	probe.Destroy()
-	return o, nil
-}
-
-func checkNetnsPath(p string) error {
-	st, err := os.Stat(p)
-	if err != nil {
-		return usagef("namespace %q: %v", p, errors.Unwrap(err))
-	}
-	if st.IsDir() {
-		return usagef("namespace %q: is a directory, not a namespace file", p)
-	}
-	return nil
+	return o, checkCC(f.cc)
 }
 
 // routerLink is one side of the router: its namespace, device and endpoint.
@@ -171,7 +141,7 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 		return err
 	}
 	for _, p := range []string{nsA, nsB} {
-		if err := checkNetnsPath(p); err != nil {
+		if err := checkNetnsPath("namespace", p); err != nil {
 			return err
 		}
 	}
@@ -201,12 +171,7 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 		}
 	}
 	for _, s := range sides {
-		addrs := []netip.Prefix{netip.PrefixFrom(s.v4.Container, s.v4.Prefix.Bits())}
-		gws := []netip.Addr{s.v4.Gateway}
-		if s.v6.Prefix.IsValid() {
-			addrs = append(addrs, netip.PrefixFrom(s.v6.Container, s.v6.Prefix.Bits()))
-			gws = append(gws, s.v6.Gateway)
-		}
+		addrs, gws := tunPlan(s.v4, s.v6)
 		dev, err := tun.Create(s.ns, tun.Config{
 			Name: f.tunName, MTU: s.mtu, Addresses: addrs, Gateways: gws,
 			DisableOffload: f.noOffload, Logger: log,
@@ -275,9 +240,7 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
-	gone := func(l *routerLink) error {
-		return fmt.Errorf("tun device %s in %s went away (namespace deleted?): %v", l.dev.Name, l.ns, l.ep.Err())
-	}
+	gone := func(l *routerLink) error { return deviceGone(l.dev, l.ns, l.ep) }
 	select {
 	case s := <-sigs:
 		log.Info("signal received, stopping", "signal", s.String())

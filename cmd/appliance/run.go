@@ -113,20 +113,13 @@ func parseRun(f runFlags) (appliance.Options, error) {
 	if f.mtu < 1280 || f.mtu > 65535 {
 		return o, usagef("--mtu %d: want 1280..65535", f.mtu)
 	}
-	p4, err := netip.ParsePrefix(f.cidr)
-	if err != nil || !p4.Addr().Is4() {
-		return o, usagef("--cidr %q: not an IPv4 CIDR", f.cidr)
-	}
-	if o.IPv4, err = appliance.NewLayout(p4); err != nil {
-		return o, usagef("--cidr: %v", err)
+	var err error
+	if o.IPv4, err = parseLayout("--cidr", f.cidr, true); err != nil {
+		return o, err
 	}
 	if !f.noIPv6 {
-		p6, err := netip.ParsePrefix(f.cidr6)
-		if err != nil || !p6.Addr().Is6() || p6.Addr().Is4In6() {
-			return o, usagef("--cidr6 %q: not an IPv6 CIDR", f.cidr6)
-		}
-		if o.IPv6, err = appliance.NewLayout(p6); err != nil {
-			return o, usagef("--cidr6: %v", err)
+		if o.IPv6, err = parseLayout("--cidr6", f.cidr6, false); err != nil {
+			return o, err
 		}
 	}
 	for _, s := range f.dnsUpstreams {
@@ -165,13 +158,7 @@ func parseRun(f runFlags) (appliance.Options, error) {
 	o.MaxUDPFlows = f.maxUDP
 	o.UDPIdleTimeout = f.udpIdle
 	o.Stack = netstack.Options{CongestionControl: f.cc}
-	// Check the cc name now, before the namespace is touched.
-	probe, err := netstack.New(o.Stack)
-	if err != nil {
-		return o, usagef("--cc %q: %v", f.cc, err)
-	}
-	probe.Destroy()
-	return o, nil
+	return o, checkCC(f.cc)
 }
 
 // parseHostPort parses ADDR, ADDR:PORT or [V6]:PORT.
@@ -231,19 +218,12 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 		defer ownNS.Close()
 		nsPath = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(ownNS))
 	default:
-		if st, err := os.Stat(nsPath); err != nil {
-			return usagef("--netns %q: %v", nsPath, errors.Unwrap(err))
-		} else if st.IsDir() {
-			return usagef("--netns %q: is a directory, not a namespace file", nsPath)
+		if err := checkNetnsPath("--netns", nsPath); err != nil {
+			return err
 		}
 	}
 
-	addrs := []netip.Prefix{netip.PrefixFrom(opts.IPv4.Container, opts.IPv4.Prefix.Bits())}
-	gws := []netip.Addr{opts.IPv4.Gateway}
-	if opts.IPv6.Prefix.IsValid() {
-		addrs = append(addrs, netip.PrefixFrom(opts.IPv6.Container, opts.IPv6.Prefix.Bits()))
-		gws = append(gws, opts.IPv6.Gateway)
-	}
+	addrs, gws := tunPlan(opts.IPv4, opts.IPv6)
 	dev, err := tun.Create(nsPath, tun.Config{
 		Name: f.tunName, MTU: f.mtu, Addresses: addrs, Gateways: gws,
 		DisableOffload: f.noOffload, Logger: log,
@@ -390,7 +370,7 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 			_ = child.Process.Kill()
 			<-childDone
 		}
-		return fmt.Errorf("tun device %s in %s went away (namespace deleted?): %v", dev.Name, nsPath, ep.Err())
+		return deviceGone(dev, nsPath, ep)
 	}
 }
 
