@@ -53,6 +53,19 @@ func (e *env) netns(role string) (*testbed.Netns, error) {
 	return n, nil
 }
 
+// netnses makes one namespace per role, in order.
+func (e *env) netnses(roles ...string) ([]*testbed.Netns, error) {
+	out := make([]*testbed.Netns, len(roles))
+	for i, r := range roles {
+		n, err := e.netns(r)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = n
+	}
+	return out, nil
+}
+
 // setup builds path's topology at mtu and starts the servers. The caller
 // closes the env even when setup fails.
 func setup(ctx context.Context, cfg *Config, path string, mtu int) (*env, error) {
@@ -85,14 +98,11 @@ func setup(ctx context.Context, cfg *Config, path string, mtu int) (*env, error)
 
 // setupKernel: client <-veth-> server, both ends at mtu.
 func (e *env) setupKernel(mtu int) error {
-	c, err := e.netns("c")
+	ns, err := e.netnses("c", "s")
 	if err != nil {
 		return err
 	}
-	s, err := e.netns("s")
-	if err != nil {
-		return err
-	}
+	c, s := ns[0], ns[1]
 	v, err := testbed.Veth(c, s, []netip.Prefix{netip.MustParsePrefix("198.18.0.2/24")},
 		[]netip.Prefix{netip.MustParsePrefix(serverAddr + "/24")})
 	if err != nil {

@@ -22,18 +22,11 @@ const (
 // netem (sch_netem), which is why the appliance emulates links at all. Its
 // row is the un-emulated reference.
 func (e *env) setupKernelRouter(mtu int) error {
-	c, err := e.netns("c")
+	ns, err := e.netnses("c", "r", "s")
 	if err != nil {
 		return err
 	}
-	r, err := e.netns("r")
-	if err != nil {
-		return err
-	}
-	s, err := e.netns("s")
-	if err != nil {
-		return err
-	}
+	c, r, s := ns[0], ns[1], ns[2]
 	for _, l := range []struct {
 		a, b         *testbed.Netns
 		addrA, addrB string
@@ -70,18 +63,11 @@ func (e *env) setupKernelRouter(mtu int) error {
 // setupRouter: client -tun(mtu)-> `appliance router` in host -tun(mtu)->
 // server.
 func (e *env) setupRouter(cfg *Config, mtu int) error {
-	h, err := e.netns("h")
+	ns, err := e.netnses("h", "c", "s")
 	if err != nil {
 		return err
 	}
-	c, err := e.netns("c")
-	if err != nil {
-		return err
-	}
-	s, err := e.netns("s")
-	if err != nil {
-		return err
-	}
+	h, c, s := ns[0], ns[1], ns[2]
 	name := testbed.UniqueName("bench")
 	args := []string{"router", "--name", name, "--mtu", fmt.Sprint(mtu), "--no-ipv6", "--log-level", "warn"}
 	if cfg.CC != "" {
