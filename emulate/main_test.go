@@ -1,15 +1,9 @@
 package emulate
 
 import (
-	"os"
 	"testing"
 
-	"gvisor.dev/gvisor/pkg/refs"
+	"github.com/nsappliance/appliance/internal/leakcheck"
 )
 
-func TestMain(m *testing.M) {
-	refs.SetLeakMode(refs.LeaksPanic)
-	code := m.Run()
-	refs.DoLeakCheck()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { leakcheck.Main(m) }

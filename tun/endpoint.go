@@ -295,6 +295,13 @@ func (e *Endpoint) deliver(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffe
 func (e *Endpoint) readLoop() {
 	defer e.wg.Done()
 	defer e.doneOnce.Do(func() { close(e.done) })
+	defer func() {
+		// The read buffer is the reader's own; give it back.
+		if e.view != nil {
+			e.view.Release()
+			e.view = nil
+		}
+	}()
 	for {
 		done, err := e.readBatch()
 		if err != nil {

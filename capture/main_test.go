@@ -1,0 +1,9 @@
+package capture
+
+import (
+	"testing"
+
+	"github.com/nsappliance/appliance/internal/leakcheck"
+)
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }
