@@ -466,7 +466,8 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 	for _, pkt := range pkts.AsSlice() {
 		iov = iov[:0]
 		if e.dev.VnetHdr {
-			e.txHeader(pkt).encode(hdr[:])
+			h := e.txHeader(pkt)
+			h.encode(hdr[:])
 			iov = append(iov, hdr[:])
 		}
 		iov = append(iov, pkt.AsSlices()...)
@@ -493,8 +494,8 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 	return n, nil
 }
 
-func (e *Endpoint) txHeader(pkt *stack.PacketBuffer) *vnetHdr {
-	h := &vnetHdr{}
+func (e *Endpoint) txHeader(pkt *stack.PacketBuffer) vnetHdr {
+	var h vnetHdr
 	g := pkt.GSOOptions
 	if g.Type == stack.GSONone {
 		return h
