@@ -3,6 +3,7 @@ package appliance
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -125,15 +126,12 @@ func (d *dnsRelay) retry(id uint16, q *dnsQuery) {
 // answers reads upstream replies until the socket closes and passes each
 // answer to a pending query to out.
 func (d *dnsRelay) answers(rc syscall.RawConn, out func([]byte)) {
+	var from netip.AddrPort
+	read := recvFrom(&from)
 	for {
-		if err := waitSocket(rc); err != nil {
-			return
-		}
-		bp := udpBufs.Get().(*[]byte)
-		n, from, err := d.conn.ReadFromUDPAddrPort(*bp)
+		bp, n, err := readWhenReady(rc, &udpBufs, read)
 		if err != nil {
-			udpBufs.Put(bp)
-			if d.isClosed() {
+			if d.isClosed() || errors.Is(err, net.ErrClosed) {
 				return
 			}
 			continue

@@ -214,14 +214,11 @@ func (g *Gateway) publishUDPLoop(ln *net.UDPConn, p Publish) {
 	}
 	var mu sync.Mutex
 	flows := make(map[netip.AddrPort]*udpFlow)
+	var from netip.AddrPort
+	read := recvFrom(&from)
 	for {
-		if err := waitSocket(rc); err != nil {
-			break
-		}
-		bp := udpBufs.Get().(*[]byte)
-		n, from, err := ln.ReadFromUDPAddrPort(*bp)
+		bp, n, err := readWhenReady(rc, &udpBufs, read)
 		if err != nil {
-			udpBufs.Put(bp)
 			if errors.Is(err, net.ErrClosed) {
 				break
 			}

@@ -35,14 +35,16 @@ var relayBufs = sync.Pool{New: func() any {
 type streamConn interface {
 	io.ReadWriteCloser
 	CloseWrite() error
-	// waitReadable blocks until Read would not block (data, EOF or error).
-	waitReadable() error
+	// readPooled waits for data, EOF or an error, and only then takes a
+	// relay buffer and reads into it, so an idle connection holds none.
+	// The caller puts a non-nil buffer back. EOF is io.EOF.
+	readPooled() (*[]byte, int, error)
 	// abort closes the connection with a RST.
 	abort()
 }
 
 // nsConn is the netstack side: a gonet conn plus the endpoint and queue it
-// wraps, which waitReadable needs.
+// wraps, which readPooled waits on.
 type nsConn struct {
 	*gonet.TCPConn
 	ep tcpip.Endpoint
@@ -53,8 +55,13 @@ func newNSConn(wq *waiter.Queue, ep tcpip.Endpoint) *nsConn {
 	return &nsConn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq}
 }
 
-func (c *nsConn) waitReadable() error {
-	return waitEndpoint(c.ep, c.wq)
+func (c *nsConn) readPooled() (*[]byte, int, error) {
+	if err := waitEndpoint(c.ep, c.wq); err != nil {
+		return nil, 0, err
+	}
+	bp := relayBufs.Get().(*[]byte)
+	n, err := c.Read(*bp)
+	return bp, n, err
 }
 
 func (c *nsConn) abort() { c.ep.Abort() }
@@ -105,53 +112,71 @@ func newHostConn(c *net.TCPConn) (*hostConn, error) {
 	return &hostConn{TCPConn: c, rc: rc}, nil
 }
 
-func (c *hostConn) waitReadable() error { return waitSocket(c.rc) }
+func (c *hostConn) readPooled() (*[]byte, int, error) {
+	bp, n, err := readWhenReady(c.rc, &relayBufs, syscall.Read)
+	if err == nil && n == 0 {
+		relayBufs.Put(bp)
+		return nil, 0, io.EOF
+	}
+	return bp, n, err
+}
 
 func (c *hostConn) abort() {
 	c.SetLinger(0)
 	c.Close()
 }
 
-// waitSocket blocks until the socket behind rc has data, EOF or an error
-// pending, by peeking one byte in the runtime poller's callback.
-func waitSocket(rc syscall.RawConn) error {
-	return rc.Read(func(fd uintptr) bool {
-		var b [1]byte
-		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return !errors.Is(err, syscall.EAGAIN)
+// readWhenReady reads from the socket behind rc once it has data, EOF or an
+// error: in the runtime poller's callback it takes a buffer from pool and
+// tries read; on EAGAIN it puts the buffer back and waits. So a buffer is
+// held only while there is something to read, at one syscall per read. On
+// success (n may be 0 for EOF) the caller owns bp and puts it back; on error
+// bp is nil.
+func readWhenReady(rc syscall.RawConn, pool *sync.Pool, read func(fd int, b []byte) (int, error)) (bp *[]byte, n int, err error) {
+	rerr := rc.Read(func(fd uintptr) bool {
+		bp = pool.Get().(*[]byte)
+		n, err = read(int(fd), *bp)
+		if errors.Is(err, syscall.EAGAIN) {
+			pool.Put(bp)
+			bp = nil
+			return false
+		}
+		return true
 	})
+	if rerr == nil && err != nil && bp != nil {
+		pool.Put(bp)
+		bp = nil
+	}
+	if rerr != nil {
+		return nil, 0, rerr
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return bp, n, nil
 }
 
-// copyStream copies src to dst until EOF, then half-closes dst. It borrows
+// copyStream copies src to dst until EOF, then half-closes dst. It holds
 // a relay buffer only while src has data.
 func copyStream(dst, src streamConn) error {
 	for {
-		if err := src.waitReadable(); err != nil {
-			return err
-		}
-		bp := relayBufs.Get().(*[]byte)
-		b := *bp
-		for {
-			n, rerr := src.Read(b)
-			if n > 0 {
-				if _, werr := dst.Write(b[:n]); werr != nil {
-					relayBufs.Put(bp)
-					return werr
-				}
-			}
-			if rerr == io.EOF {
+		bp, n, rerr := src.readPooled()
+		if n > 0 {
+			_, werr := dst.Write((*bp)[:n])
+			if werr != nil {
 				relayBufs.Put(bp)
-				return dst.CloseWrite()
-			}
-			if rerr != nil {
-				relayBufs.Put(bp)
-				return rerr
-			}
-			if n < len(b) {
-				break // likely drained: give the buffer back before waiting
+				return werr
 			}
 		}
-		relayBufs.Put(bp)
+		if bp != nil {
+			relayBufs.Put(bp)
+		}
+		if rerr == io.EOF {
+			return dst.CloseWrite()
+		}
+		if rerr != nil {
+			return rerr
+		}
 	}
 }
 

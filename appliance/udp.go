@@ -230,13 +230,8 @@ func (g *Gateway) handleUDP(r *udp.ForwarderRequest) bool {
 // closed. ICMP errors reported on the socket do not end the flow.
 func hostToContainer(hc *net.UDPConn, rc syscall.RawConn, out func([]byte)) {
 	for {
-		if err := waitSocket(rc); err != nil {
-			return
-		}
-		bp := udpBufs.Get().(*[]byte)
-		n, err := hc.Read(*bp)
+		bp, n, err := readWhenReady(rc, &udpBufs, syscall.Read)
 		if err != nil {
-			udpBufs.Put(bp)
 			if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) {
 				continue
 			}
@@ -244,5 +239,20 @@ func hostToContainer(hc *net.UDPConn, rc syscall.RawConn, out func([]byte)) {
 		}
 		out((*bp)[:n])
 		udpBufs.Put(bp)
+	}
+}
+
+// recvFrom is a read for readWhenReady that also stores the sender's
+// address in from.
+func recvFrom(from *netip.AddrPort) func(fd int, b []byte) (int, error) {
+	return func(fd int, b []byte) (int, error) {
+		n, sa, err := syscall.Recvfrom(fd, b, 0)
+		switch a := sa.(type) {
+		case *syscall.SockaddrInet4:
+			*from = netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+		case *syscall.SockaddrInet6:
+			*from = netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))
+		}
+		return n, err
 	}
 }
