@@ -68,36 +68,17 @@ func (e *env) setupRouter(cfg *Config, mtu int) error {
 		return err
 	}
 	h, c, s := ns[0], ns[1], ns[2]
-	name := testbed.UniqueName("bench")
-	args := []string{"router", "--name", name, "--mtu", fmt.Sprint(mtu), "--no-ipv6", "--log-level", "warn"}
+	args := []string{"--name", testbed.UniqueName("bench"), "--mtu", fmt.Sprint(mtu), "--no-ipv6", "--log-level", "warn"}
 	if cfg.CC != "" {
 		args = append(args, "--cc", cfg.CC)
 	}
 	if cfg.Emulate != "" {
 		args = append(args, "--emulate", cfg.Emulate)
 	}
-	p, err := h.Start(cfg.Bin, append(args, c.Path, s.Path)...)
+	a, err := testbed.StartMode(cfg.Bin, h, "router", append(args, c.Path, s.Path)...)
 	if err != nil {
-		return err
+		return fmt.Errorf("appliance router: %w", err)
 	}
-	a := &testbed.Appliance{Bin: cfg.Bin, Name: name, Host: h, Proc: p}
 	e.app, e.client, e.server = a, c, s
-	deadline := time.Now().Add(testbed.ReadyTimeout)
-	for {
-		select {
-		case <-p.Done():
-			return fmt.Errorf("appliance router exited before it was ready: %s", p.Stderr())
-		default:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := a.Ctl(ctx, "status")
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("appliance router not ready after %v: %v", testbed.ReadyTimeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return nil
 }

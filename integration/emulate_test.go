@@ -96,14 +96,7 @@ func TestEmulate(t *testing.T) {
 	requireRoot(t)
 	a, b, host := newNetns(t, "itea"), newNetns(t, "iteb"), newNetns(t, "iteh")
 	app := startRouter(t, host, a, b, "--no-ipv6", "--emulate", "delay=20ms")
-	srv, err := b.Start("iperf3", "-s", "-p", fmt.Sprint(iperfPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Kill()
-	if err := b.WaitListen("tcp", iperfPort, 5*time.Second); err != nil {
-		t.Fatalf("%v\niperf3 stderr: %s", err, srv.Stderr())
-	}
+	startIperf3(t, b)
 
 	t.Run("delay", func(t *testing.T) {
 		loss, avg := pingStats(t, a, "-c", "20", "-i", "0.05", "-W", "2", rtB4)

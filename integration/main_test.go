@@ -122,19 +122,26 @@ func newTopo(t *testing.T, o topoOpts) *topo {
 		"-udpecho", fmt.Sprintf(":%d", echoPort),
 		"-dns", ":53")
 	if o.iperf {
-		p, err := tp.srv.Start("iperf3", "-s", "-p", fmt.Sprint(iperfPort))
-		if err != nil {
-			t.Fatal(err)
-		}
-		tp.iperf3s = p
-		if err := tp.srv.WaitListen("tcp", iperfPort, 5*time.Second); err != nil {
-			t.Fatalf("%v\niperf3 stderr: %s", err, p.Stderr())
-		}
+		tp.iperf3s = startIperf3(t, tp.srv)
 	}
 	if !o.noAppliance {
 		tp.app = startAppliance(t, tp.host, append([]string{"--netns", tp.cont.Path, "--dns-upstream", "198.18.0.2"}, o.args...)...)
 	}
 	return tp
+}
+
+// startIperf3 runs an iperf3 server on iperfPort in ns until the test ends.
+func startIperf3(t *testing.T, ns *testbed.Netns) *testbed.Proc {
+	t.Helper()
+	p, err := ns.Start("iperf3", "-s", "-p", fmt.Sprint(iperfPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Kill)
+	if err := ns.WaitListen("tcp", iperfPort, 5*time.Second); err != nil {
+		t.Fatalf("%v\niperf3 stderr: %s", err, p.Stderr())
+	}
+	return p
 }
 
 func newNetns(t *testing.T, prefix string) *testbed.Netns {

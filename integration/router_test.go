@@ -25,19 +25,16 @@ const (
 
 // startRouter runs `appliance router --name N ARGS... A B` in host, waits
 // for its control socket and stops it at cleanup (logging stderr if the
-// test failed). testbed.StartAppliance only knows `run`.
+// test failed).
 func startRouter(t *testing.T, host, a, b *testbed.Netns, args ...string) *testbed.Appliance {
 	t.Helper()
-	name := testbed.UniqueName("itr")
-	full := append(append([]string{"router", "--name", name}, args...), a.Path, b.Path)
-	p, err := host.Start(applianceBin, full...)
+	app, err := testbed.StartMode(applianceBin, host, "router", append(append([]string{"--name", testbed.UniqueName("itr")}, args...), a.Path, b.Path)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	app := &testbed.Appliance{Bin: applianceBin, Name: name, Host: host, Proc: p}
 	t.Cleanup(func() {
 		select {
-		case <-p.Done():
+		case <-app.Proc.Done():
 		default:
 			if code, err := app.Stop(); err != nil || code != 0 {
 				t.Logf("stop router: exit %d, %v", code, firstLine(err))
@@ -45,27 +42,10 @@ func startRouter(t *testing.T, host, a, b *testbed.Netns, args ...string) *testb
 		}
 		app.Kill()
 		if t.Failed() {
-			t.Logf("router %s stderr:\n%s", name, tail(p.Stderr(), 4000))
+			t.Logf("router %s stderr:\n%s", app.Name, tail(app.Stderr(), 4000))
 		}
 	})
-	deadline := time.Now().Add(testbed.ReadyTimeout)
-	for {
-		select {
-		case <-p.Done():
-			t.Fatalf("router exited before it was ready\nstderr: %s", p.Stderr())
-		default:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := app.Ctl(ctx, "status")
-		cancel()
-		if err == nil {
-			return app
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("router not ready after %v: %v", testbed.ReadyTimeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return app
 }
 
 // TestRouter runs router mode between namespaces A and B (link b narrowed
@@ -77,14 +57,7 @@ func TestRouter(t *testing.T) {
 	requireRoot(t)
 	a, b, host := newNetns(t, "itra"), newNetns(t, "itrb"), newNetns(t, "itrh")
 	app := startRouter(t, host, a, b, "--mtu-b", fmt.Sprint(rtMTUB))
-	srv, err := b.Start("iperf3", "-s", "-p", fmt.Sprint(iperfPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Kill()
-	if err := b.WaitListen("tcp", iperfPort, 5*time.Second); err != nil {
-		t.Fatalf("%v\niperf3 stderr: %s", err, srv.Stderr())
-	}
+	startIperf3(t, b)
 
 	t.Run("ping", func(t *testing.T) {
 		run(t, a, 15*time.Second, "ping", "-c", "3", "-i", "0.2", "-W", "2", rtB4)

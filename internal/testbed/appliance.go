@@ -113,6 +113,12 @@ func (s Status) FlowCount() int {
 // and the error carries its stderr. host.Close kills the appliance at the
 // latest; Stop ends it gracefully.
 func StartAppliance(bin string, host *Netns, args ...string) (*Appliance, error) {
+	return StartMode(bin, host, "run", args...)
+}
+
+// StartMode is StartAppliance for another mode: `BIN MODE --name NAME
+// ARGS...` (router mode takes its namespaces as the last ARGS).
+func StartMode(bin string, host *Netns, mode string, args ...string) (*Appliance, error) {
 	name := ""
 	for i, a := range args {
 		if a == "--name" && i+1 < len(args) {
@@ -121,7 +127,7 @@ func StartAppliance(bin string, host *Netns, args ...string) (*Appliance, error)
 			name = v
 		}
 	}
-	full := []string{"run"}
+	full := []string{mode}
 	if name == "" {
 		name = UniqueName("tb")
 		full = append(full, "--name", name)
