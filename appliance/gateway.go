@@ -18,6 +18,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"github.com/nsappliance/appliance/netstack"
+	"github.com/nsappliance/appliance/outcome"
 )
 
 // Defaults for the zero values of Options.
@@ -75,6 +76,14 @@ type Gateway struct {
 	pingSem  chan struct{}
 	pubAddrs []net.Addr // set by NewGateway, then read-only
 	c        counters
+
+	// outcomes is the container link's packet-outcome counters (the
+	// NIC's own, see netstack.Stack.Outcomes); packets the gateway
+	// handles before netstack are counted there.
+	outcomes *outcome.Link
+	// tcpNoSocket counts TCP segments no connection and no forwarder
+	// took (answered with RST): the classifier's no_socket probe.
+	tcpNoSocket tcpip.StatCounter
 }
 
 // flow is one active relay; close tears it down from outside. ep and host,
@@ -126,6 +135,8 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 		flows:   make(map[*flow]struct{}),
 		pingSem: make(chan struct{}, maxConcurrentPings),
 	}
+	g.outcomes = s.Outcomes().Link(NICName)
+	s.AddDropProbe(&g.tcpNoSocket, outcome.NoSocket, outcome.HookNone)
 	g.link = &linkTap{ownedLink: newOwnedLink(ep), g: g}
 
 	addrs := []tcpip.AddressWithPrefix{
@@ -139,7 +150,15 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 	}
 	// Forwarders go in before the NIC so no early packet misses them.
 	tf := tcp.NewForwarder(s.Stack, 0, opts.MaxPendingSYN, g.handleTCP)
-	s.SetTransportProtocolHandler(tcp.ProtocolNumber, tf.HandlePacket)
+	s.SetTransportProtocolHandler(tcp.ProtocolNumber, func(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+		if tf.HandlePacket(id, pkt) {
+			return true
+		}
+		// Not a SYN for us: netstack answers with RST (or counts it
+		// malformed, which ranks first).
+		g.tcpNoSocket.Increment()
+		return false
+	})
 	// Not udp.Forwarder.HandlePacket: it clones pkt into the request and
 	// never releases the clone, leaking a reference per datagram it sees.
 	// The request can borrow pkt instead: the caller owns it until we

@@ -20,6 +20,9 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/nsappliance/appliance/netstack"
+	"github.com/nsappliance/appliance/outcome"
 )
 
 // linkTap wraps the container's link endpoint. On the way in it takes the
@@ -77,7 +80,9 @@ type tapDispatcher struct {
 func (d *tapDispatcher) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	g := d.t.g
 	if proto == header.IPv6ProtocolNumber && !g.opts.IPv6.Prefix.IsValid() {
-		return // IPv6 is off: netstack would still relay it
+		// IPv6 is off: netstack would still relay it.
+		g.outcomes.Drop(outcome.UnknownProtocol, outcome.HookNone, netstack.ProtoOf(pkt), pkt.Size())
+		return
 	}
 	req, v := g.classifyEcho(proto, pkt)
 	switch v {
@@ -85,7 +90,9 @@ func (d *tapDispatcher) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, 
 		d.NetworkDispatcher.DeliverNetworkPacket(proto, pkt)
 	case echoDrop:
 		g.c.pingsDropped.Add(1)
+		g.outcomes.Drop(outcome.NotSpecified, outcome.HookNone, outcome.ProtoICMP, pkt.Size())
 	case echoRelay:
+		g.outcomes.Count(outcome.Answered, outcome.HookNone, outcome.ProtoICMP, pkt.Size())
 		g.startPing(req)
 	}
 }

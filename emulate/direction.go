@@ -11,6 +11,9 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/nsappliance/appliance/netstack"
+	"github.com/nsappliance/appliance/outcome"
 )
 
 // CoDel's parameters (RFC 8289 section 4.2 and 4.3).
@@ -48,6 +51,10 @@ type direction struct {
 	clock   Clock
 	deliver func([]item) // called by the goroutine without mu held
 	stats   dirStats
+	// acct, when set before traffic, receives the direction's drops at
+	// hook (ingress for "in", egress for "out").
+	acct *outcome.Link
+	hook outcome.Hook
 
 	// active is set while the spec is active or packets are held; while
 	// clear, packets bypass the direction.
@@ -197,10 +204,12 @@ func (d *direction) enqueueLocked(now time.Time, pkt *stack.PacketBuffer, proto 
 	d.stats.received.Add(1)
 	if d.closed {
 		d.stats.droppedEnd.Add(1)
+		d.account(outcome.NotSpecified, pkt)
 		return false
 	}
 	if d.lostLocked() {
 		d.stats.droppedLoss.Add(1)
+		d.account(outcome.EmulationLoss, pkt)
 		return false
 	}
 	copies := 1
@@ -213,6 +222,7 @@ func (d *direction) enqueueLocked(now time.Time, pkt *stack.PacketBuffer, proto 
 		wire, segs := wireSize(pkt)
 		if d.held+segs > d.spec.limit() {
 			d.stats.droppedQueue.Add(1)
+			d.account(outcome.QueueFull, pkt)
 			continue
 		}
 		var p *stack.PacketBuffer
@@ -367,6 +377,7 @@ func (d *direction) startHeadLocked() bool {
 // dropHeadLocked drops the head of the bottleneck queue for CoDel.
 // +checklocks:d.mu
 func (d *direction) dropHeadLocked() {
+	d.account(outcome.QueueFull, d.rq[d.rqHead].pkt)
 	d.rq[d.rqHead].pkt.DecRef()
 	d.held -= d.rq[d.rqHead].segs
 	d.popHeadLocked()
@@ -565,15 +576,25 @@ func (d *direction) close() {
 	defer d.mu.Unlock()
 	d.closed = true
 	for _, it := range d.rq[d.rqHead:] {
+		d.account(outcome.NotSpecified, it.pkt)
 		it.pkt.DecRef()
 		d.stats.droppedEnd.Add(1)
 	}
 	for _, it := range d.dq {
+		d.account(outcome.NotSpecified, it.pkt)
 		it.pkt.DecRef()
 		d.stats.droppedEnd.Add(1)
 	}
 	d.rq, d.rqHead, d.rqBytes, d.dq, d.held = nil, 0, 0, nil, 0
 	d.updateActiveLocked()
+}
+
+// account counts a packet the direction drops on its outcome link, if it
+// has one.
+func (d *direction) account(r outcome.Reason, pkt *stack.PacketBuffer) {
+	if d.acct != nil {
+		d.acct.Drop(r, d.hook, netstack.ProtoOf(pkt), pkt.Size())
+	}
 }
 
 // addStats adds the direction's counters to m, prefixed with its name.

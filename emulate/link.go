@@ -15,6 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/nsappliance/appliance/netstack"
+	"github.com/nsappliance/appliance/outcome"
 )
 
 // Options configures New. The zero value is the documented default.
@@ -23,6 +24,10 @@ type Options struct {
 	Clock Clock
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
+	// Outcomes, when set, receives every packet the emulation drops
+	// (emulation_loss, queue_full; not_specified for packets held at
+	// Close), so the link's packet accounting stays complete.
+	Outcomes *outcome.Link
 }
 
 // Link is a link endpoint that emulates Spec on each direction of the
@@ -75,6 +80,8 @@ func New(lower stack.LinkEndpoint, spec Spec, opts Options) (*Link, error) {
 		spec: spec, stop: make(chan struct{})}
 	l.out = newDirection("out", spec, l.clock, l.writeOut)
 	l.in = newDirection("in", spec, l.clock, l.deliverIn)
+	l.out.acct, l.out.hook = opts.Outcomes, outcome.HookEgress
+	l.in.acct, l.in.hook = opts.Outcomes, outcome.HookIngress
 	for _, d := range []*direction{l.out, l.in} {
 		l.wg.Add(1)
 		go func() {

@@ -39,6 +39,17 @@ type Source struct {
 	Help string
 	Kind Kind
 	Read func() map[string]uint64
+	// Labels and ReadLabeled, instead of Read, give labelled values:
+	// appliance_<Name>_<Sample.Key> with Labels set to Sample.Values.
+	Labels      []string
+	ReadLabeled func() []Sample
+}
+
+// Sample is one labelled value of a Source.
+type Sample struct {
+	Key    string
+	Values []string // one per Source.Labels
+	Value  uint64
 }
 
 // New returns a registry with Go runtime and process metrics and the
@@ -52,8 +63,8 @@ func New(sources ...Source) (*prometheus.Registry, error) {
 		return nil, err
 	}
 	for _, s := range sources {
-		if s.Name == "" || s.Read == nil {
-			return nil, fmt.Errorf("metrics source %q: needs a name and a Read func", s.Name)
+		if s.Name == "" || (s.Read == nil) == (s.ReadLabeled == nil) {
+			return nil, fmt.Errorf("metrics source %q: needs a name and one of Read or ReadLabeled", s.Name)
 		}
 	}
 	if err := reg.Register(&collector{sources: sources}); err != nil {
@@ -76,12 +87,24 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if s.Kind == Gauge {
 			vt = prometheus.GaugeValue
 		}
-		for k, v := range s.Read() {
+		fq := func(k string) string {
 			name := prometheus.BuildFQName(Namespace, s.Name, k)
 			if s.Kind == Counter && !strings.HasSuffix(name, "_total") {
 				name += "_total"
 			}
-			ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(name, s.Help, nil, nil), vt, float64(v))
+			return name
+		}
+		if s.ReadLabeled != nil {
+			for _, smp := range s.ReadLabeled() {
+				if len(smp.Values) != len(s.Labels) {
+					continue
+				}
+				ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(fq(smp.Key), s.Help, s.Labels, nil), vt, float64(smp.Value), smp.Values...)
+			}
+			continue
+		}
+		for k, v := range s.Read() {
+			ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(fq(k), s.Help, nil, nil), vt, float64(v))
 		}
 	}
 }

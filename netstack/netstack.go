@@ -14,6 +14,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/nsappliance/appliance/outcome"
 )
 
 // Options configures New. The zero value is the documented default.
@@ -26,6 +28,11 @@ type Options struct {
 	Sysctl map[string]string
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
+	// Outcomes is the packet-outcome table (see Stack.Outcomes); nil
+	// means a new one. Give one when layers below netstack (the TUN
+	// edge, emulation) must count on the same links before the stack
+	// exists.
+	Outcomes *outcome.Table
 }
 
 // Stack is a gVisor stack with the appliance's defaults applied.
@@ -33,6 +40,10 @@ type Stack struct {
 	*stack.Stack
 	sysctl *Sysctls
 	log    *slog.Logger
+	// outcomes accounts every packet crossing a NIC (see AttachNIC);
+	// classifier decides received packets' outcomes.
+	outcomes   *outcome.Table
+	classifier *classifier
 }
 
 // New builds a stack with IPv4, IPv6, TCP, UDP and ICMP, SACK on,
@@ -47,7 +58,11 @@ func New(opts Options) (*Stack, error) {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 	})
-	ns := &Stack{Stack: s, log: log.With("component", "netstack")}
+	ns := &Stack{Stack: s, log: log.With("component", "netstack"), outcomes: opts.Outcomes}
+	if ns.outcomes == nil {
+		ns.outcomes = outcome.NewTable()
+	}
+	ns.classifier = newClassifier(s.Stats())
 	ns.sysctl = newSysctls(ns)
 	defaults := []struct{ k, v string }{
 		{"net.ipv4.tcp_sack", "1"},
@@ -78,6 +93,20 @@ func New(opts Options) (*Stack, error) {
 	return ns, nil
 }
 
+// Outcomes returns the packet-outcome table: every packet a NIC receives
+// is accounted there under the NIC's name (see AttachNIC); link layers
+// that drop packets before or after netstack count them on the same link
+// with Table.Link(name).Drop.
+func (s *Stack) Outcomes() *outcome.Table { return s.outcomes }
+
+// AddDropProbe makes every increment of ctr during a packet's delivery
+// account that packet to reason r at hook h, for drops netstack does not
+// count itself (e.g. a transport handler that refuses a packet). Probes
+// added later rank below earlier ones. Call it before traffic flows.
+func (s *Stack) AddDropProbe(ctr *tcpip.StatCounter, r outcome.Reason, h outcome.Hook) {
+	s.classifier.add(ctr, r, h)
+}
+
 // Sysctl returns the stack's tunables.
 func (s *Stack) Sysctl() *Sysctls { return s.sysctl }
 
@@ -95,10 +124,12 @@ type NICOptions struct {
 	DefaultRoute bool
 }
 
-// AttachNIC creates a NIC on ep and configures it.
+// AttachNIC creates a NIC on ep and configures it. Every packet the NIC
+// receives is accounted to an outcome on Outcomes().Link(opts.Name).
 func (s *Stack) AttachNIC(ep stack.LinkEndpoint, opts NICOptions) (tcpip.NICID, error) {
 	id := s.NextNICID()
-	if err := s.CreateNICWithOptions(id, ep, stack.NICOptions{Name: opts.Name}); err != nil {
+	ol := &outcomeLink{WrappedLink: WrappedLink{LinkEndpoint: ep}, s: s, l: s.outcomes.Link(opts.Name), routes: !opts.Promiscuous}
+	if err := s.CreateNICWithOptions(id, ol, stack.NICOptions{Name: opts.Name}); err != nil {
 		return 0, Error("create nic", err)
 	}
 	if opts.Promiscuous {

@@ -16,6 +16,7 @@ import (
 	"github.com/nsappliance/appliance/control"
 	"github.com/nsappliance/appliance/emulate"
 	"github.com/nsappliance/appliance/netstack"
+	"github.com/nsappliance/appliance/outcome"
 	"github.com/nsappliance/appliance/tun"
 )
 
@@ -191,15 +192,18 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 		}
 		links = append(links, &routerLink{ns: s.ns, dev: dev, ep: ep})
 	}
+	outcomes := outcome.NewTable()
+	opts.Stack.Outcomes = outcomes
+	linkA := outcomes.Link(appliance.RouterNICA)
 	// Link a's endpoint carries every packet between the namespaces once
 	// each way (in: A to B, out: B to A), so the emulation wraps it. It is
 	// always wrapped, so `appliance emulate` can turn emulation on later.
-	em, err := emulate.New(links[0].ep, spec, emulate.Options{Logger: log})
+	em, err := emulate.New(netstack.EdgeLink(links[0].ep, linkA), spec, emulate.Options{Logger: log, Outcomes: linkA})
 	if err != nil {
 		closeLinks()
 		return err
 	}
-	r, err := appliance.NewRouter(em, links[1].ep, opts)
+	r, err := appliance.NewRouter(em, netstack.EdgeLink(links[1].ep, outcomes.Link(appliance.RouterNICB)), opts)
 	if err != nil {
 		em.Close()
 		closeLinks()
@@ -213,7 +217,7 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, _ *http.Request) {
 		control.WriteJSON(w, http.StatusOK, map[string]map[string]uint64{
 			"netstack": r.Stack().Counters(), "link_a": links[0].ep.Stats().Map(),
-			"link_b": links[1].ep.Stats().Map(), "emulate": em.Stats(),
+			"link_b": links[1].ep.Stats().Map(), "emulate": em.Stats(), "skb": outcomes.Counters(),
 		})
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {

@@ -30,6 +30,7 @@ import (
 	"github.com/nsappliance/appliance/emulate"
 	"github.com/nsappliance/appliance/metrics"
 	"github.com/nsappliance/appliance/netstack"
+	"github.com/nsappliance/appliance/outcome"
 	"github.com/nsappliance/appliance/tun"
 )
 
@@ -245,10 +246,15 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 		dev.File.Close()
 		return err
 	}
-	var link stack.LinkEndpoint = ep
+	// Packet outcomes: the TUN edge counts what is transmitted, the
+	// emulation what it drops, netstack the rest (see outcome).
+	outcomes := outcome.NewTable()
+	opts.Stack.Outcomes = outcomes
+	linkOut := outcomes.Link(appliance.NICName)
+	var link stack.LinkEndpoint = netstack.EdgeLink(ep, linkOut)
 	if f.pcap != "" {
 		var pf *capture.File
-		if link, pf, err = capture.Wrap(ep, f.pcap, log); err != nil {
+		if link, pf, err = capture.Wrap(link, f.pcap, log); err != nil {
 			ep.Close()
 			return err
 		}
@@ -256,7 +262,7 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	}
 	// Always wrapped, so `appliance emulate` can turn emulation on later;
 	// an empty spec passes packets straight through.
-	em, err := emulate.New(link, spec, emulate.Options{Logger: log})
+	em, err := emulate.New(link, spec, emulate.Options{Logger: log, Outcomes: linkOut})
 	if err != nil {
 		ep.Close()
 		return err
@@ -273,6 +279,7 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 			metrics.Source{Name: "netstack", Help: "netstack counter (tcpip.Stats)", Read: gw.Stack().Counters},
 			metrics.Source{Name: "link", Help: "container TUN link counters", Read: ep.Stats().Map},
 			metrics.Source{Name: "gateway", Help: "gateway relay counters", Read: gw.Counters},
+			outcomeSource(outcomes),
 			metrics.Source{Name: "flows", Help: "open relayed flows", Kind: metrics.Gauge, Read: func() map[string]uint64 {
 				fc := gw.Flows()
 				return map[string]uint64{"tcp": uint64(fc.TCP), "udp": uint64(fc.UDP), "icmp": uint64(fc.ICMP)}
@@ -298,7 +305,7 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		control.WriteJSON(w, http.StatusOK, map[string]map[string]uint64{
 			"netstack": gw.Stack().Counters(), "link": ep.Stats().Map(), "gateway": gw.Counters(),
-			"emulate": em.Stats(),
+			"emulate": em.Stats(), "skb": outcomes.Counters(),
 		})
 	})
 	handleEmulate(mux, em)

@@ -10,6 +10,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nsappliance/appliance/control"
+	"github.com/nsappliance/appliance/metrics"
+	"github.com/nsappliance/appliance/outcome"
 )
 
 func newStatsCmd() *cobra.Command {
@@ -20,13 +22,19 @@ func newStatsCmd() *cobra.Command {
 		Short: "Print a running appliance's packet counters, like nstat",
 		Long: `Prints the counters of a running appliance, one per line, as nstat(8)
 does: netstack's own statistics (netstack_*: IP, ICMP, TCP, UDP, NIC,
-forwarding), the container link's (link_*: packets, bytes, GSO, errors) and
-the relay's (gateway_*: flows, dial failures, policy denials, pings).
+forwarding), the container link's (link_*: packets, bytes, GSO, errors),
+the relay's (gateway_*: flows, dial failures, policy denials, pings) and
+packet outcomes like Linux's kfree_skb drop reasons (skb_*: every packet
+entering or leaving a link is delivered, forwarded, answered, transmitted
+or dropped with a reason; skb_OUTCOME, skb_LINK_OUTCOME, skb_PROTO_OUTCOME
+and skb_HOOK_OUTCOME, each with _bytes; drops are drop_REASON, e.g.
+skb_drop_no_socket, skb_tcp_drop_malformed, skb_input_drop_filter_rule).
 Counters that are zero are left out unless -z. PATTERNs are shell globs
 matched against the names (e.g. 'netstack_tcp_*').`,
 		Example: `  appliance stats
   appliance stats -z 'link_*'
-  appliance stats 'netstack_tcp_*' 'gateway_*'`,
+  appliance stats 'netstack_tcp_*' 'gateway_*'
+  appliance stats 'skb_drop_*'`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			for _, p := range args {
 				if _, err := path.Match(p, ""); err != nil {
@@ -82,4 +90,23 @@ func matchAny(patterns []string, name string) bool {
 		}
 	}
 	return false
+}
+
+// outcomeSource exports the packet-outcome table as
+// appliance_skb_{packets,bytes}_total{link,outcome,reason,hook,proto}.
+func outcomeSource(t *outcome.Table) metrics.Source {
+	return metrics.Source{
+		Name:   "skb",
+		Help:   "packets and bytes per link, outcome, drop reason, hook and protocol (kfree_skb reasons)",
+		Labels: []string{"link", "outcome", "reason", "hook", "proto"},
+		ReadLabeled: func() []metrics.Sample {
+			var out []metrics.Sample
+			for _, r := range t.Rows() {
+				v := []string{r.Link, r.Outcome, r.Reason, r.Hook, r.Proto}
+				out = append(out, metrics.Sample{Key: "packets", Values: v, Value: r.Packets},
+					metrics.Sample{Key: "bytes", Values: v, Value: r.Bytes})
+			}
+			return out
+		},
+	}
 }
