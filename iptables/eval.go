@@ -1,0 +1,407 @@
+package iptables
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// maxDepth bounds how deeply user chains may jump into each other (Eval's
+// return stack lives on the Go stack, so the packet path never allocates).
+const maxDepth = 48
+
+// program is a table compiled for Eval: every chain's rules laid out in
+// one slice, jumps resolved to chain indices.
+type program struct {
+	rules     []crule
+	chains    []cchain
+	hookChain [NumHooks]int32
+}
+
+type cchain struct {
+	start, end int32
+	policy     Policy
+	counters   *Counters
+}
+
+// Target kinds the evaluator handles inline.
+const (
+	tkNone uint8 = iota
+	tkAccept
+	tkDrop
+	tkReturn
+	tkJump
+	tkGoto
+	tkReject
+	tkNAT
+	tkMark
+	tkLog
+)
+
+// Flags of a compiled rule's IP part.
+const (
+	cfProto uint8 = 1 << iota
+	cfSrc
+	cfDst
+	cfIn
+	cfOut
+	cfFrag
+)
+
+type crule struct {
+	flags   uint8
+	proto   uint8
+	kind    uint8
+	jump    int32
+	rule    *Rule
+	matches []Match
+}
+
+// validate checks the table as the kernel's translate_table does: jump
+// targets exist, chains do not loop, nesting fits maxDepth, and every
+// target is used only from hooks (through any path of jumps) it allows.
+func (t *Table) validate() error {
+	idx := make(map[string]int, len(t.Chains))
+	for i, c := range t.Chains {
+		idx[c.Name] = i
+	}
+	for _, c := range t.Chains {
+		for _, r := range c.Rules {
+			if j, ok := r.Target.(*JumpTarget); ok {
+				if _, ok := idx[j.Chain]; !ok {
+					return lineErr(r, fmt.Errorf("chain %s: jump to %q: %w", c.Name, j.Chain, ErrNoChain))
+				}
+			}
+		}
+	}
+	// Loops (colour DFS over every chain), nesting depth (longest jump
+	// path) and the hooks reaching each chain.
+	n := len(t.Chains)
+	children := make([][]int, n)
+	for i, c := range t.Chains {
+		for _, r := range c.Rules {
+			if j, ok := r.Target.(*JumpTarget); ok {
+				children[i] = append(children[i], idx[j.Chain])
+			}
+		}
+	}
+	color := make([]uint8, n) // 0 white, 1 grey, 2 black
+	depth := make([]int, n)
+	var visit func(ci int) error
+	visit = func(ci int) error {
+		color[ci] = 1
+		for _, ch := range children[ci] {
+			switch color[ch] {
+			case 1:
+				return fmt.Errorf("chain %s: loop in jumps through %s (Too many levels of symbolic links)", t.Chains[ci].Name, t.Chains[ch].Name)
+			case 0:
+				if err := visit(ch); err != nil {
+					return err
+				}
+			}
+			depth[ci] = max(depth[ci], depth[ch]+1)
+		}
+		color[ci] = 2
+		return nil
+	}
+	for i := range t.Chains {
+		if color[i] == 0 {
+			if err := visit(i); err != nil {
+				return err
+			}
+		}
+		if depth[i] > maxDepth {
+			return fmt.Errorf("chain %s: jumps nested deeper than %d", t.Chains[i].Name, maxDepth)
+		}
+	}
+	reach := make([]uint8, n)
+	var mark func(ci int, bit uint8)
+	mark = func(ci int, bit uint8) {
+		if reach[ci]&bit != 0 {
+			return
+		}
+		reach[ci] |= bit
+		for _, ch := range children[ci] {
+			mark(ch, bit)
+		}
+	}
+	for i, c := range t.Chains {
+		if c.builtin {
+			mark(i, 1<<c.hook)
+		}
+	}
+	for i, c := range t.Chains {
+		hooks := reach[i]
+		if !c.builtin && hooks == 0 {
+			continue
+		}
+		for _, r := range c.Rules {
+			if hc, ok := r.Target.(interface {
+				hookMask(table string) (uint8, string)
+			}); ok {
+				allowed, name := hc.hookMask(t.Name)
+				if hooks&^allowed != 0 {
+					return lineErr(r, fmt.Errorf("chain %s: %s target used from %s, but only usable from %s",
+						c.Name, name, hookList(hooks&^allowed), hookList(allowed)))
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func lineErr(r *Rule, err error) error {
+	if r.Line > 0 {
+		return &ParseError{Line: r.Line, Err: err}
+	}
+	return err
+}
+
+func hookList(mask uint8) string {
+	var s []string
+	for h := Hook(0); h < NumHooks; h++ {
+		if mask&(1<<h) != 0 {
+			s = append(s, h.String())
+		}
+	}
+	if len(s) == 0 {
+		return "no chain"
+	}
+	return strings.Join(s, "/")
+}
+
+// build compiles every table's program.
+func (rs *Ruleset) build() error {
+	for _, t := range rs.tables {
+		if t != nil && t.prog.chains == nil {
+			t.compile()
+		}
+	}
+	return nil
+}
+
+func (t *Table) compile() {
+	p := &t.prog
+	idx := make(map[string]int32, len(t.Chains))
+	for i, c := range t.Chains {
+		idx[c.Name] = int32(i)
+	}
+	for h := range p.hookChain {
+		p.hookChain[h] = -1
+	}
+	p.chains = make([]cchain, len(t.Chains))
+	for i, c := range t.Chains {
+		cc := &p.chains[i]
+		cc.start = int32(len(p.rules))
+		cc.policy = c.Policy
+		cc.counters = c.Counters
+		if c.builtin {
+			p.hookChain[c.hook] = int32(i)
+		}
+		for _, r := range c.Rules {
+			cr := crule{rule: r, matches: r.Matches, proto: r.Proto, jump: -1}
+			if r.Proto != 0 {
+				cr.flags |= cfProto
+			}
+			if r.Src.IsValid() && r.Src.Bits() > 0 || r.SrcInvert && r.Src.IsValid() {
+				cr.flags |= cfSrc
+			}
+			if r.Dst.IsValid() && r.Dst.Bits() > 0 || r.DstInvert && r.Dst.IsValid() {
+				cr.flags |= cfDst
+			}
+			if r.InIface != "" {
+				cr.flags |= cfIn
+			}
+			if r.OutIface != "" {
+				cr.flags |= cfOut
+			}
+			if r.Fragment {
+				cr.flags |= cfFrag
+			}
+			switch tg := r.Target.(type) {
+			case nil:
+				cr.kind = tkNone
+			case *StandardTarget:
+				switch tg.Verdict {
+				case "ACCEPT":
+					cr.kind = tkAccept
+				case "DROP":
+					cr.kind = tkDrop
+				case "RETURN":
+					cr.kind = tkReturn
+				}
+			case *JumpTarget:
+				cr.kind = tkJump
+				if tg.Goto {
+					cr.kind = tkGoto
+				}
+				cr.jump = idx[tg.Chain]
+			case *RejectTarget:
+				cr.kind = tkReject
+			case *NATTarget:
+				cr.kind = tkNAT
+			case *MarkTarget:
+				cr.kind = tkMark
+			case *LogTarget:
+				cr.kind = tkLog
+			}
+			p.rules = append(p.rules, cr)
+		}
+		cc.end = int32(len(p.rules))
+	}
+}
+
+// evalPacket is per-Eval derived packet data.
+type evalPacket struct {
+	src, dst addr128
+	now      time.Time
+	haveNow  bool
+}
+
+func (x *evalPacket) time(p *Packet) time.Time {
+	if !x.haveNow {
+		x.now = p.Now
+		if x.now.IsZero() {
+			x.now = time.Now()
+		}
+		x.haveNow = true
+	}
+	return x.now
+}
+
+func ifaceMatch(pattern, name string) bool {
+	if n := len(pattern); n > 0 && pattern[n-1] == '+' {
+		return len(name) >= n-1 && name[:n-1] == pattern[:n-1]
+	}
+	return pattern == name
+}
+
+// matchIP is the fixed part of ipt_do_table's ip_packet_match.
+func (cr *crule) matchIP(p *Packet, x *evalPacket) bool {
+	r := cr.rule
+	f := cr.flags
+	if f == 0 {
+		return true
+	}
+	if f&cfProto != 0 && (p.Protocol == cr.proto) == r.ProtoInvert {
+		return false
+	}
+	if f&cfSrc != 0 && ((x.src.hi&r.srcMask.hi == r.srcNet.hi && x.src.lo&r.srcMask.lo == r.srcNet.lo) == r.SrcInvert) {
+		return false
+	}
+	if f&cfDst != 0 && ((x.dst.hi&r.dstMask.hi == r.dstNet.hi && x.dst.lo&r.dstMask.lo == r.dstNet.lo) == r.DstInvert) {
+		return false
+	}
+	if f&cfIn != 0 && ifaceMatch(r.InIface, p.InIface) == r.InInvert {
+		return false
+	}
+	if f&cfOut != 0 && ifaceMatch(r.OutIface, p.OutIface) == r.OutInvert {
+		return false
+	}
+	if f&cfFrag != 0 && p.Fragment == r.FragmentInvert {
+		return false
+	}
+	return true
+}
+
+// Eval runs p through table's built-in chain for p.Hook, as ipt_do_table
+// does, and returns the verdict. It counts the packet on every rule that
+// matches and on the policy if the policy decides, applies MARK and LOG on
+// the way, and never allocates. A table that is not loaded, or has no
+// chain at the hook, accepts.
+func (rs *Ruleset) Eval(table string, p *Packet) Verdict {
+	ti := tableIndex(table)
+	if ti < 0 || p.Hook >= NumHooks {
+		return Verdict{Kind: Accept}
+	}
+	t := rs.tables[ti]
+	if t == nil {
+		return Verdict{Kind: Accept}
+	}
+	prog := &t.prog
+	base := prog.hookChain[p.Hook]
+	if base < 0 {
+		return Verdict{Kind: Accept}
+	}
+	var x evalPacket
+	x.src = toAddr128(p.Src)
+	x.dst = toAddr128(p.Dst)
+	size := uint64(max(p.Length, 0))
+
+	type frame struct{ ret, end int32 }
+	var stack [maxDepth + 1]frame
+	sp := 0
+	i, end := prog.chains[base].start, prog.chains[base].end
+	rules := prog.rules
+	for {
+		if i >= end {
+			if sp == 0 {
+				break // policy
+			}
+			sp--
+			i, end = stack[sp].ret, stack[sp].end
+			continue
+		}
+		cr := &rules[i]
+		if !cr.matchIP(p, &x) {
+			i++
+			continue
+		}
+		ok := true
+		for _, m := range cr.matches {
+			if !m.match(p, &x) {
+				ok = false
+				break
+			}
+		}
+		if !ok {
+			i++
+			continue
+		}
+		cr.rule.Counters.Add(size)
+		switch cr.kind {
+		case tkNone:
+			i++
+		case tkAccept:
+			return Verdict{Kind: Accept, Rule: cr.rule}
+		case tkDrop:
+			return Verdict{Kind: Drop, Rule: cr.rule}
+		case tkReturn:
+			if sp == 0 {
+				i = end // the built-in chain's policy decides
+				continue
+			}
+			sp--
+			i, end = stack[sp].ret, stack[sp].end
+		case tkJump:
+			if sp >= len(stack) {
+				return Verdict{Kind: Drop, Rule: cr.rule}
+			}
+			stack[sp] = frame{i + 1, end}
+			sp++
+			c := &prog.chains[cr.jump]
+			i, end = c.start, c.end
+		case tkGoto:
+			c := &prog.chains[cr.jump]
+			i, end = c.start, c.end
+		case tkReject:
+			return Verdict{Kind: Reject, Reject: cr.rule.Target.(*RejectTarget).With, Rule: cr.rule}
+		case tkNAT:
+			nt := cr.rule.Target.(*NATTarget)
+			return Verdict{Kind: nt.Kind, NAT: &nt.Range, Rule: cr.rule}
+		case tkMark:
+			mt := cr.rule.Target.(*MarkTarget)
+			p.Mark = p.Mark&^mt.Mask ^ mt.Value
+			i++
+		case tkLog:
+			cr.rule.Target.(*LogTarget).log(rs.logger(), p)
+			i++
+		}
+	}
+	c := &prog.chains[base]
+	c.counters.Add(size)
+	if c.policy == PolicyDrop {
+		return Verdict{Kind: Drop}
+	}
+	return Verdict{Kind: Accept}
+}
