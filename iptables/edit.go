@@ -432,7 +432,7 @@ func (rs *Ruleset) Zero(table, chain string) error {
 
 // clone returns a shallow copy of rs sharing all tables.
 func (rs *Ruleset) clone() *Ruleset {
-	out := &Ruleset{family: rs.family, tables: rs.tables, order: slices.Clone(rs.order), log: rs.log}
+	out := &Ruleset{family: rs.family, tables: rs.tables, log: rs.log}
 	return out
 }
 
@@ -716,9 +716,6 @@ func (te *tableEdit) commit() error {
 	t := &Table{Name: te.name, Chains: te.chains, index: te.index}
 	if err := t.validate(); err != nil {
 		return fmt.Errorf("table %s: %w", te.name, err)
-	}
-	if te.rs.tables[te.index] == nil {
-		te.rs.order = append(te.rs.order, te.index)
 	}
 	te.rs.tables[te.index] = t
 	return nil

@@ -132,14 +132,14 @@ func (t *Table) validate() error {
 	}
 	for i, c := range t.Chains {
 		hooks := reach[i]
-		if !c.builtin && hooks == 0 {
-			continue
-		}
 		for _, r := range c.Rules {
 			if hc, ok := r.Target.(interface {
 				hookMask(table string) (uint8, string)
 			}); ok {
 				allowed, name := hc.hookMask(t.Name)
+				if allowed == 0 {
+					return lineErr(r, fmt.Errorf("chain %s: %s target is not valid in table %s", c.Name, name, t.Name))
+				}
 				if hooks&^allowed != 0 {
 					return lineErr(r, fmt.Errorf("chain %s: %s target used from %s, but only usable from %s",
 						c.Name, name, hookList(hooks&^allowed), hookList(allowed)))

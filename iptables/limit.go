@@ -69,6 +69,40 @@ func appendRate(b []byte, period, scale uint64) []byte {
 	return append(b, rates[i-1].name...)
 }
 
+// rateUnit returns the unit of a rate string in seconds.
+func rateUnit(s string) uint32 {
+	_, unit, ok := strings.Cut(s, "/")
+	if !ok {
+		return 1
+	}
+	switch u := strings.ToLower(unit); {
+	case strings.HasPrefix("minute", u):
+		return 60
+	case strings.HasPrefix("hour", u):
+		return 3600
+	case strings.HasPrefix("day", u):
+		return 86400
+	}
+	return 1
+}
+
+// rateQuantum is the unit appendRate prints period in, in milliseconds
+// (print_rate's return value).
+func rateQuantum(period, scale uint64) uint32 {
+	mults := [...]uint64{86400, 3600, 60, 1}
+	if period == 0 {
+		return 0
+	}
+	i := 1
+	for ; i < len(mults); i++ {
+		m := scale * mults[i]
+		if period > m || m/period < m%period {
+			break
+		}
+	}
+	return uint32(mults[i-1] * 1000)
+}
+
 // bucket is a token bucket as xt_limit's: credit accrues with time up to
 // burst packets' worth; a packet costs one period.
 type bucket struct {
@@ -212,6 +246,9 @@ type HashlimitMatch struct {
 	Size, Max          uint32
 	GCInterval, Expire uint32 // milliseconds
 	fam                Family
+	// unit is the rate's unit in seconds, for the default expiry.
+	unit      uint32
+	expireSet bool
 
 	mu      sync.Mutex
 	buckets map[hashKey]*hashBucket
@@ -238,7 +275,7 @@ func newHashlimitMatch(f Family) *HashlimitMatch {
 
 func (m *HashlimitMatch) clone() *HashlimitMatch {
 	return &HashlimitMatch{Avg: m.Avg, Burst: m.Burst, Above: m.Above, Mode: m.Mode, SrcMask: m.SrcMask,
-		DstMask: m.DstMask, HashName: m.HashName, Size: m.Size, Max: m.Max, GCInterval: m.GCInterval, Expire: m.Expire, fam: m.fam}
+		DstMask: m.DstMask, HashName: m.HashName, Size: m.Size, Max: m.Max, GCInterval: m.GCInterval, Expire: m.Expire, fam: m.fam, unit: m.unit, expireSet: m.expireSet}
 }
 
 // Name implements Match.
@@ -274,6 +311,7 @@ func (m *HashlimitMatch) parse(p *ruleParser, opt string, inv bool) (bool, error
 			return true, p.errf(opt, "%v", err)
 		}
 		m.Avg = avg
+		m.unit = rateUnit(v)
 		m.Above = (opt == "--hashlimit-above") != inv
 	case "--hashlimit-burst":
 		n, err := strconv.ParseUint(v, 10, 64)
@@ -312,7 +350,7 @@ func (m *HashlimitMatch) parse(p *ruleParser, opt string, inv bool) (bool, error
 			m.DstMask = n
 		}
 	case "--hashlimit-name":
-		if v == "" || len(v) > 254 {
+		if v == "" || len(v) > 254 || strings.ContainsAny(v, " \t\"'\\/") {
 			return true, p.errf(opt, "bad name %q", v)
 		}
 		m.HashName = v
@@ -324,6 +362,7 @@ func (m *HashlimitMatch) parse(p *ruleParser, opt string, inv bool) (bool, error
 		m.GCInterval, err = u32()
 	case "--hashlimit-htable-expire":
 		m.Expire, err = u32()
+		m.expireSet = true
 	default:
 		return true, p.errf(opt, "unsupported hashlimit option")
 	}
@@ -336,6 +375,10 @@ func (m *HashlimitMatch) finish(p *ruleParser) error {
 	}
 	if m.HashName == "" {
 		return p.errf("-m hashlimit", "you have to specify --hashlimit-name")
+	}
+	if !m.expireSet {
+		// libxt_hashlimit: idle buckets expire after one rate unit.
+		m.Expire = m.unit * 1000
 	}
 	if m.Mode&(HashSrcPort|HashDstPort) != 0 {
 		switch p.rule.Proto {
@@ -356,37 +399,42 @@ func (m *HashlimitMatch) appendSave(b []byte) []byte {
 		b = append(b, " --hashlimit-upto "...)
 	}
 	b = appendRate(b, m.Avg, hashlimitScale)
-	if m.Burst != 5 {
-		b = fmt.Appendf(b, " --hashlimit-burst %d", m.Burst)
-	}
+	b = fmt.Appendf(b, " --hashlimit-burst %d", m.Burst)
 	if m.Mode != 0 {
 		b = append(b, " --hashlimit-mode "...)
 		b = m.appendMode(b, ',')
 	}
+	b = append(b, " --hashlimit-name "...)
+	b = append(b, m.HashName...)
+	return m.appendOptions(b, "--hashlimit-")
+}
+
+// appendOptions appends the table options and masks that differ from
+// their defaults, as hashlimit_mt_save and hashlimit_mt_print do.
+func (m *HashlimitMatch) appendOptions(b []byte, prefix string) []byte {
 	if m.Size != 0 {
-		b = fmt.Appendf(b, " --hashlimit-htable-size %d", m.Size)
+		b = fmt.Appendf(b, " %shtable-size %d", prefix, m.Size)
 	}
 	if m.Max != 0 {
-		b = fmt.Appendf(b, " --hashlimit-htable-max %d", m.Max)
+		b = fmt.Appendf(b, " %shtable-max %d", prefix, m.Max)
 	}
 	if m.GCInterval != 1000 {
-		b = fmt.Appendf(b, " --hashlimit-htable-gcinterval %d", m.GCInterval)
+		b = fmt.Appendf(b, " %shtable-gcinterval %d", prefix, m.GCInterval)
 	}
-	if m.Expire != 0 {
-		b = fmt.Appendf(b, " --hashlimit-htable-expire %d", m.Expire)
+	if m.Expire != rateQuantum(m.Avg, hashlimitScale) {
+		b = fmt.Appendf(b, " %shtable-expire %d", prefix, m.Expire)
 	}
 	full := 32
 	if m.fam == IPv6 {
 		full = 128
 	}
 	if m.SrcMask != full {
-		b = fmt.Appendf(b, " --hashlimit-srcmask %d", m.SrcMask)
+		b = fmt.Appendf(b, " %ssrcmask %d", prefix, m.SrcMask)
 	}
 	if m.DstMask != full {
-		b = fmt.Appendf(b, " --hashlimit-dstmask %d", m.DstMask)
+		b = fmt.Appendf(b, " %sdstmask %d", prefix, m.DstMask)
 	}
-	b = append(b, " --hashlimit-name"...)
-	return appendSaveString(b, m.HashName)
+	return b
 }
 
 func (m *HashlimitMatch) appendMode(b []byte, sep byte) []byte {
@@ -415,38 +463,13 @@ func (m *HashlimitMatch) appendList(b []byte, _ bool) []byte {
 		b = append(b, " mode "...)
 		b = m.appendMode(b, '-')
 	}
-	if m.Size != 0 {
-		b = fmt.Appendf(b, " htable-size %d", m.Size)
-	}
-	if m.Max != 0 {
-		b = fmt.Appendf(b, " htable-max %d", m.Max)
-	}
-	if m.GCInterval != 1000 {
-		b = fmt.Appendf(b, " htable-gcinterval %d", m.GCInterval)
-	}
-	if m.Expire != 0 {
-		b = fmt.Appendf(b, " htable-expire %d", m.Expire)
-	}
-	full := 32
-	if m.fam == IPv6 {
-		full = 128
-	}
-	if m.SrcMask != full {
-		b = fmt.Appendf(b, " srcmask %d", m.SrcMask)
-	}
-	if m.DstMask != full {
-		b = fmt.Appendf(b, " dstmask %d", m.DstMask)
-	}
-	return b
+	return m.appendOptions(b, "")
 }
 
 // expire is the idle time after which a flow's bucket is forgotten (the
 // kernel's default is 10 s in packet mode).
 func (m *HashlimitMatch) expire() time.Duration {
-	if m.Expire != 0 {
-		return time.Duration(m.Expire) * time.Millisecond
-	}
-	return 10 * time.Second
+	return time.Duration(m.Expire) * time.Millisecond
 }
 
 func maskAddr(a addr128, bits int, v6 bool) addr128 {

@@ -180,7 +180,7 @@ func (rs *Ruleset) appendListRule(b []byte, num int, r *Rule, opts ListOptions) 
 		pname = strconv.Itoa(int(r.Proto))
 	}
 	b = padRight(b, pname, 5)
-	if rs.family == IPv4 {
+	{
 		if r.Fragment && r.FragmentInvert {
 			b = append(b, '!')
 		} else {
@@ -192,8 +192,6 @@ func (rs *Ruleset) appendListRule(b []byte, num int, r *Rule, opts ListOptions) 
 			b = append(b, '-')
 		}
 		b = append(b, ' ')
-	} else {
-		b = append(b, "   "...)
 	}
 	if opts.Verbose {
 		b = append(b, ' ')

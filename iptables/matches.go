@@ -537,13 +537,14 @@ func (m *ICMPMatch) appendList(b []byte, numeric bool) []byte {
 		}
 	}
 	if m.v6 {
-		b = append(b, " ipv6-icmptype "...)
+		b = append(b, " ipv6-icmp"...)
 	} else {
-		b = append(b, " icmptype "...)
+		b = append(b, " icmp"...)
 	}
 	if m.Invert {
-		b = append(b, '!')
+		b = append(b, " !"...)
 	}
+	b = append(b, "type "...)
 	b = strconv.AppendUint(b, uint64(m.Type), 10)
 	if m.CodeMin == m.CodeMax {
 		b = append(b, " code "...)
@@ -864,16 +865,18 @@ func (m *IPRangeMatch) appendSave(b []byte) []byte {
 
 func (m *IPRangeMatch) appendList(b []byte, _ bool) []byte {
 	if m.SrcMin.IsValid() {
+		b = append(b, " source IP range"...)
 		if m.SrcInvert {
 			b = append(b, " !"...)
 		}
-		b = fmt.Appendf(b, " source IP range %s-%s", m.SrcMin, m.SrcMax)
+		b = fmt.Appendf(b, " %s-%s", m.SrcMin, m.SrcMax)
 	}
 	if m.DstMin.IsValid() {
+		b = append(b, " destination IP range"...)
 		if m.DstInvert {
 			b = append(b, " !"...)
 		}
-		b = fmt.Appendf(b, " destination IP range %s-%s", m.DstMin, m.DstMax)
+		b = fmt.Appendf(b, " %s-%s", m.DstMin, m.DstMax)
 	}
 	return b
 }
@@ -967,10 +970,11 @@ func (m *MarkMatch) appendSave(b []byte) []byte {
 }
 
 func (m *MarkMatch) appendList(b []byte, _ bool) []byte {
-	b = append(b, " mark match "...)
+	b = append(b, " mark match"...)
 	if m.Invert {
-		b = append(b, '!')
+		b = append(b, " !"...)
 	}
+	b = append(b, ' ')
 	return m.appendMark(b)
 }
 

@@ -14,10 +14,7 @@ type Ruleset struct {
 	family Family
 	// tables by index (tRaw...); nil when the table is not loaded.
 	tables [numTables]*Table
-	// order is the order tables were first loaded, which is the order
-	// iptables-save prints them in.
-	order []int
-	log   *atomic.Pointer[slog.Logger]
+	log    *atomic.Pointer[slog.Logger]
 }
 
 // New returns an empty rule set of family f: no table is loaded, so every
@@ -52,11 +49,18 @@ func (rs *Ruleset) Table(name string) *Table {
 	return rs.tables[ti]
 }
 
-// Tables returns the loaded tables in save order.
+// saveOrder is the order iptables-save (nf_tables backend) prints tables
+// in, whatever order they were loaded in.
+var saveOrder = [numTables]int{tMangle, tRaw, tFilter, tNAT}
+
+// Tables returns the loaded tables in iptables-save's order (mangle, raw,
+// filter, nat).
 func (rs *Ruleset) Tables() []*Table {
-	out := make([]*Table, 0, len(rs.order))
-	for _, ti := range rs.order {
-		out = append(out, rs.tables[ti])
+	var out []*Table
+	for _, ti := range saveOrder {
+		if rs.tables[ti] != nil {
+			out = append(out, rs.tables[ti])
+		}
 	}
 	return out
 }

@@ -172,7 +172,11 @@ func (t *RejectTarget) finish(p *ruleParser) error {
 	return nil
 }
 
-func (t *RejectTarget) hookMask(string) (uint8, string) {
+// hookMask is ipt_REJECT's: table filter, hooks INPUT/FORWARD/OUTPUT.
+func (t *RejectTarget) hookMask(table string) (uint8, string) {
+	if table != TableFilter {
+		return 0, "REJECT"
+	}
 	return 1<<Input | 1<<Forward | 1<<Output, "REJECT"
 }
 
