@@ -40,21 +40,41 @@ const (
 
 // Flags of a compiled rule's IP part.
 const (
-	cfProto uint8 = 1 << iota
+	cfProto uint16 = 1 << iota
 	cfSrc
 	cfDst
 	cfIn
 	cfOut
 	cfFrag
+	cfDport // the first match is tcp/udp with a plain --dport: checked inline
+	cfSport
+	// Inversions.
+	cfProtoInv
+	cfSrcInv
+	cfDstInv
+	cfInInv
+	cfOutInv
+	cfFragInv
 )
 
+// crule is a rule compiled for Eval: the checks every packet meets first
+// are copied here, so rejecting a rule reads one small struct.
 type crule struct {
-	flags   uint8
-	proto   uint8
-	kind    uint8
-	jump    int32
-	rule    *Rule
-	matches []Match
+	flags uint16
+	proto uint8
+	kind  uint8
+	jump  int32
+	// protoSkip is where to continue when the protocol check fails: past
+	// the following rules that require the same protocol (pf's skip
+	// steps).
+	protoSkip          int32
+	dportMin, dportMax uint16
+	sportMin, sportMax uint16
+	src, srcMask       addr128
+	dst, dstMask       addr128
+	in, out            string
+	matches            []Match
+	rule               *Rule
 }
 
 // validate checks the table as the kernel's translate_table does: jump
@@ -199,24 +219,44 @@ func (t *Table) compile() {
 			p.hookChain[c.hook] = int32(i)
 		}
 		for _, r := range c.Rules {
-			cr := crule{rule: r, matches: r.Matches, proto: r.Proto, jump: -1}
-			if r.Proto != 0 {
-				cr.flags |= cfProto
+			cr := crule{rule: r, matches: r.Matches, proto: r.Proto, jump: -1,
+				src: r.srcNet, srcMask: r.srcMask, dst: r.dstNet, dstMask: r.dstMask,
+				in: r.InIface, out: r.OutIface}
+			set := func(cond bool, flag uint16) {
+				if cond {
+					cr.flags |= flag
+				}
 			}
-			if r.Src.IsValid() && r.Src.Bits() > 0 || r.SrcInvert && r.Src.IsValid() {
-				cr.flags |= cfSrc
-			}
-			if r.Dst.IsValid() && r.Dst.Bits() > 0 || r.DstInvert && r.Dst.IsValid() {
-				cr.flags |= cfDst
-			}
-			if r.InIface != "" {
-				cr.flags |= cfIn
-			}
-			if r.OutIface != "" {
-				cr.flags |= cfOut
-			}
-			if r.Fragment {
-				cr.flags |= cfFrag
+			set(r.Proto != 0, cfProto)
+			set(r.ProtoInvert, cfProtoInv)
+			set(r.Src.IsValid() && (r.Src.Bits() > 0 || r.SrcInvert), cfSrc)
+			set(r.SrcInvert, cfSrcInv)
+			set(r.Dst.IsValid() && (r.Dst.Bits() > 0 || r.DstInvert), cfDst)
+			set(r.DstInvert, cfDstInv)
+			set(r.InIface != "", cfIn)
+			set(r.InInvert, cfInInv)
+			set(r.OutIface != "", cfOut)
+			set(r.OutInvert, cfOutInv)
+			set(r.Fragment, cfFrag)
+			set(r.FragmentInvert, cfFragInv)
+			// A leading tcp/udp match with plain port ranges is checked
+			// inline (a fragment fails it either way, as in the match).
+			if len(r.Matches) > 0 {
+				var tm *TCPMatch
+				switch m := r.Matches[0].(type) {
+				case *TCPMatch:
+					tm = m
+				case *UDPMatch:
+					tm = &m.TCPMatch
+				}
+				if tm != nil && !tm.DstInvert && tm.DstPorts != anyPorts {
+					cr.flags |= cfDport
+					cr.dportMin, cr.dportMax = tm.DstPorts.Min, tm.DstPorts.Max
+				}
+				if tm != nil && !tm.SrcInvert && tm.SrcPorts != anyPorts {
+					cr.flags |= cfSport
+					cr.sportMin, cr.sportMax = tm.SrcPorts.Min, tm.SrcPorts.Max
+				}
 			}
 			switch tg := r.Target.(type) {
 			case nil:
@@ -248,6 +288,16 @@ func (t *Table) compile() {
 			p.rules = append(p.rules, cr)
 		}
 		cc.end = int32(len(p.rules))
+		for i := cc.end - 1; i >= cc.start; i-- {
+			r := &p.rules[i]
+			r.protoSkip = i + 1
+			if i+1 < cc.end && r.flags&(cfProto|cfProtoInv) == cfProto {
+				n := &p.rules[i+1]
+				if n.flags&(cfProto|cfProtoInv) == cfProto && n.proto == r.proto {
+					r.protoSkip = n.protoSkip
+				}
+			}
+		}
 	}
 }
 
@@ -278,27 +328,26 @@ func ifaceMatch(pattern, name string) bool {
 
 // matchIP is the fixed part of ipt_do_table's ip_packet_match.
 func (cr *crule) matchIP(p *Packet, x *evalPacket) bool {
-	r := cr.rule
 	f := cr.flags
-	if f == 0 {
-		return true
-	}
-	if f&cfProto != 0 && (p.Protocol == cr.proto) == r.ProtoInvert {
+	if f&cfDport != 0 && (p.DstPort < cr.dportMin || p.DstPort > cr.dportMax) {
 		return false
 	}
-	if f&cfSrc != 0 && ((x.src.hi&r.srcMask.hi == r.srcNet.hi && x.src.lo&r.srcMask.lo == r.srcNet.lo) == r.SrcInvert) {
+	if f&cfSport != 0 && (p.SrcPort < cr.sportMin || p.SrcPort > cr.sportMax) {
 		return false
 	}
-	if f&cfDst != 0 && ((x.dst.hi&r.dstMask.hi == r.dstNet.hi && x.dst.lo&r.dstMask.lo == r.dstNet.lo) == r.DstInvert) {
+	if f&cfSrc != 0 && ((x.src.hi&cr.srcMask.hi == cr.src.hi && x.src.lo&cr.srcMask.lo == cr.src.lo) == (f&cfSrcInv != 0)) {
 		return false
 	}
-	if f&cfIn != 0 && ifaceMatch(r.InIface, p.InIface) == r.InInvert {
+	if f&cfDst != 0 && ((x.dst.hi&cr.dstMask.hi == cr.dst.hi && x.dst.lo&cr.dstMask.lo == cr.dst.lo) == (f&cfDstInv != 0)) {
 		return false
 	}
-	if f&cfOut != 0 && ifaceMatch(r.OutIface, p.OutIface) == r.OutInvert {
+	if f&cfIn != 0 && ifaceMatch(cr.in, p.InIface) == (f&cfInInv != 0) {
 		return false
 	}
-	if f&cfFrag != 0 && p.Fragment == r.FragmentInvert {
+	if f&cfOut != 0 && ifaceMatch(cr.out, p.OutIface) == (f&cfOutInv != 0) {
+		return false
+	}
+	if f&cfFrag != 0 && p.Fragment == (f&cfFragInv != 0) {
 		return false
 	}
 	return true
@@ -323,9 +372,8 @@ func (rs *Ruleset) Eval(table string, p *Packet) Verdict {
 	if base < 0 {
 		return Verdict{Kind: Accept}
 	}
-	var x evalPacket
-	x.src = toAddr128(p.Src)
-	x.dst = toAddr128(p.Dst)
+	x := &p.x
+	*x = evalPacket{src: toAddr128(p.Src), dst: toAddr128(p.Dst)}
 	size := uint64(max(p.Length, 0))
 
 	type frame struct{ ret, end int32 }
@@ -343,13 +391,23 @@ func (rs *Ruleset) Eval(table string, p *Packet) Verdict {
 			continue
 		}
 		cr := &rules[i]
-		if !cr.matchIP(p, &x) {
-			i++
-			continue
+		if f := cr.flags; f != 0 {
+			if f&cfProto != 0 && (p.Protocol == cr.proto) == (f&cfProtoInv != 0) {
+				if f&cfProtoInv == 0 {
+					i = cr.protoSkip
+				} else {
+					i++
+				}
+				continue
+			}
+			if !cr.matchIP(p, x) {
+				i++
+				continue
+			}
 		}
 		ok := true
 		for _, m := range cr.matches {
-			if !m.match(p, &x) {
+			if !m.match(p, x) {
 				ok = false
 				break
 			}

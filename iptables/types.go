@@ -280,6 +280,10 @@ type Packet struct {
 	// hashlimit refill their buckets from it). The zero time means time.Now,
 	// read only if a rule needs it.
 	Now time.Time
+
+	// x is Eval's scratch space, kept here so that passing it to matches
+	// does not move it to the heap.
+	x evalPacket
 }
 
 // VerdictKind is what the caller must do with the packet.
