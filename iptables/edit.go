@@ -301,8 +301,8 @@ func checkChainName(name string) error {
 		return fmt.Errorf("%w %q (cannot start with - or !)", ErrBadChainName, name)
 	}
 	for i := 0; i < len(name); i++ {
-		if name[i] <= ' ' || name[i] == 0x7f {
-			return fmt.Errorf("%w %q (no blanks)", ErrBadChainName, name)
+		if name[i] <= ' ' || name[i] == 0x7f || name[i] == '"' || name[i] == '\\' {
+			return fmt.Errorf("%w %q (no blanks, quotes or backslashes)", ErrBadChainName, name)
 		}
 	}
 	if _, ok := targetTypes[name]; ok || name == "ACCEPT" || name == "DROP" || name == "RETURN" || name == "QUEUE" {
@@ -471,14 +471,16 @@ func (te *tableEdit) chain(name string) *Chain {
 	return nil
 }
 
-// flushTable empties every chain and deletes the user chains, as
-// iptables-restore does for each table it loads. Built-in policies are
-// kept, counters start at zero.
+// flushTable empties every chain, deletes the user chains and resets
+// built-in policies to ACCEPT, as iptables-restore (nf_tables) does for
+// each table it loads; counters start at zero. (iptables-legacy-restore
+// keeps the policies of chains the text does not declare.)
 func (te *tableEdit) flushTable() {
 	var keep []*Chain
 	for _, c := range te.chains {
 		if c.builtin {
 			c.Rules = nil
+			c.Policy = PolicyAccept
 			c.Counters = new(Counters)
 			keep = append(keep, c)
 		}

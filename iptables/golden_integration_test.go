@@ -13,6 +13,18 @@ import (
 	"testing"
 )
 
+// requireIptables fails the test if the reference binaries are missing:
+// the goldens are iptables 1.8's nf_tables backend (the default on Debian
+// 12); the legacy backend orders tables and resets policies differently.
+func requireIptables(t *testing.T) {
+	t.Helper()
+	for _, bin := range []string{"iptables-nft", "iptables-nft-save", "iptables-nft-restore", "ip6tables-nft-save", "ip6tables-nft-restore"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Fatalf("%s not installed (scripts/install-deps.sh installs iptables): %v", bin, err)
+		}
+	}
+}
+
 var update = flag.Bool("update", false, "rewrite testdata/golden from the real iptables binaries")
 
 // realOutputs loads a golden input into a throwaway network namespace with
@@ -20,9 +32,9 @@ var update = flag.Bool("update", false, "rewrite testdata/golden from the real i
 // outputs. The namespace is removed even on failure.
 func realOutputs(t *testing.T, gc goldenCase, tables []string) (save, list string) {
 	t.Helper()
-	restore, saveBin, bin := "iptables-restore", "iptables-save", "iptables"
+	restore, saveBin, bin := "iptables-nft-restore", "iptables-nft-save", "iptables-nft"
 	if gc.family == IPv6 {
-		restore, saveBin, bin = "ip6tables-restore", "ip6tables-save", "ip6tables"
+		restore, saveBin, bin = "ip6tables-nft-restore", "ip6tables-nft-save", "ip6tables-nft"
 	}
 	ns := fmt.Sprintf("ipt-golden-%d-%s", os.Getpid(), gc.name)
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
@@ -69,10 +81,8 @@ func TestGoldenAgainstKernel(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")
 	}
-	if _, err := exec.LookPath("iptables-restore"); err != nil {
-		t.Skip("iptables not installed (scripts/install-deps.sh installs it)")
-	}
-	ver, _ := exec.Command("iptables", "-V").Output()
+	requireIptables(t)
+	ver, _ := exec.Command("iptables-nft", "-V").Output()
 	t.Logf("reference: %s", strings.TrimSpace(string(ver)))
 	for _, gc := range goldenCases(t) {
 		t.Run(gc.name, func(t *testing.T) {

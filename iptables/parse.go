@@ -95,6 +95,10 @@ func Restore(base *Ruleset, r io.Reader, opts RestoreOptions) (*Ruleset, error) 
 				return nil, perr("", errors.New("COMMIT without a table"))
 			}
 			if err := cur.commit(); err != nil {
+				var pe *ParseError
+				if errors.As(err, &pe) {
+					return nil, pe
+				}
 				return nil, perr("", err)
 			}
 			cur = nil
@@ -531,7 +535,7 @@ func checkIface(v string) error {
 		return fmt.Errorf("interface name %q must be shorter than IFNAMSIZ (16)", v)
 	}
 	for i := 0; i < len(v); i++ {
-		if v[i] == '/' || v[i] <= ' ' || v[i] == 0x7f {
+		if v[i] == '/' || v[i] <= ' ' || v[i] == 0x7f || v[i] == '"' || v[i] == '\\' {
 			return fmt.Errorf("invalid interface name %q", v)
 		}
 	}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo, tests and benchmarks run: iperf3, iproute2, curl,
-# ping, dig, tcpdump, and the peer tools pasta (passt) and slirp4netns that
+# ping, dig, tcpdump, iptables (the reference the iptables package's golden
+# tests compare against), and the peer tools pasta (passt) and slirp4netns that
 # the benchmark compares against. Only installs what is missing.
 set -euo pipefail
 need=()
@@ -11,6 +12,7 @@ have curl || need+=(curl)
 have ping || need+=(iputils-ping)
 have dig || need+=(dnsutils)
 have tcpdump || need+=(tcpdump)
+have iptables-nft-restore || need+=(iptables)
 have pasta || need+=(passt)
 have slirp4netns || need+=(slirp4netns)
 [ ${#need[@]} -eq 0 ] && exit 0
