@@ -38,7 +38,8 @@ const (
 	OpPolicy                // -P CHAIN POLICY
 	OpRename                // -E OLD NEW
 	OpList                  // -L [CHAIN]
-	OpListRules             // -S [CHAIN]
+	OpListRules             // -S [CHAIN [NUM]]
+	OpCheck                 // -C CHAIN RULE
 )
 
 // Command is one parsed iptables command line.
@@ -47,7 +48,8 @@ type Command struct {
 	Table string
 	// Chain is the chain operated on ("" for all, where allowed).
 	Chain string
-	// Num is the 1-based rule number of -I (0: 1), -D NUM and -R.
+	// Num is the 1-based rule number of -I (0: 1), -D NUM, -R and -S
+	// CHAIN NUM.
 	Num int
 	// Rules are the rule specs of -A, -I, -D and -R (several when -s/-d
 	// lists expand).
@@ -124,6 +126,8 @@ func parseCommand(f Family, table string, args []string, line int, inRestore boo
 			op = OpList
 		case "-S", "--list-rules":
 			op = OpListRules
+		case "-C", "--check":
+			op = OpCheck
 		default:
 			isCmd = false
 		}
@@ -170,7 +174,7 @@ func parseCommand(f Family, table string, args []string, line int, inRestore boo
 			return "", false
 		}
 		switch op {
-		case OpAppend, OpInsert, OpDelete, OpReplace, OpNewChain, OpPolicy, OpRename:
+		case OpAppend, OpInsert, OpDelete, OpReplace, OpNewChain, OpPolicy, OpRename, OpCheck:
 			ch, ok := next()
 			if !ok {
 				return nil, perr(a, "option requires a chain name")
@@ -189,8 +193,8 @@ func parseCommand(f Family, table string, args []string, line int, inRestore boo
 					i++
 				}
 			}
-		case OpDelete:
-			if i+1 < len(args) {
+		case OpDelete, OpListRules:
+			if (op == OpDelete || c.Chain != "") && i+1 < len(args) {
 				if n, err := parseRuleNum(args[i+1]); err == nil {
 					c.Num = n
 					i++
@@ -227,7 +231,7 @@ func parseCommand(f Family, table string, args []string, line int, inRestore boo
 	if !found {
 		return nil, perr("", "no command specified")
 	}
-	needsSpec := c.Op == OpAppend || c.Op == OpInsert || c.Op == OpReplace || (c.Op == OpDelete && c.Num == 0)
+	needsSpec := c.Op == OpAppend || c.Op == OpInsert || c.Op == OpReplace || c.Op == OpCheck || (c.Op == OpDelete && c.Num == 0)
 	if needsSpec {
 		if c.Op == OpInsert && c.Num == 0 {
 			c.Num = 1
@@ -313,6 +317,7 @@ func checkChainName(name string) error {
 
 // Exec applies an editing command and returns the new rule set; rs is not
 // modified. OpList and OpListRules are not edits: use List and ListRules.
+// OpCheck returns rs itself if the rule exists and ErrNoRule if not.
 func (rs *Ruleset) Exec(c *Command) (*Ruleset, error) {
 	ti := tableIndex(c.Table)
 	if ti < 0 {
@@ -323,6 +328,12 @@ func (rs *Ruleset) Exec(c *Command) (*Ruleset, error) {
 	}
 	if c.Op == OpZero {
 		if err := rs.Zero(c.Table, c.Chain); err != nil {
+			return nil, err
+		}
+		return rs, nil
+	}
+	if c.Op == OpCheck {
+		if err := rs.check(c); err != nil {
 			return nil, err
 		}
 		return rs, nil
@@ -720,5 +731,24 @@ func (te *tableEdit) commit() error {
 		return fmt.Errorf("table %s: %w", te.name, err)
 	}
 	te.rs.tables[te.index] = t
+	return nil
+}
+
+// check is iptables -C: every rule of c must be in its chain.
+func (rs *Ruleset) check(c *Command) error {
+	t := rs.Table(c.Table)
+	if t == nil {
+		return fmt.Errorf("chain %s: %w", c.Chain, ErrNoChain)
+	}
+	ch := t.Chain(c.Chain)
+	if ch == nil {
+		return fmt.Errorf("chain %s: %w", c.Chain, ErrNoChain)
+	}
+	for _, r := range c.Rules {
+		want := string(r.appendSpec(nil))
+		if !slices.ContainsFunc(ch.Rules, func(x *Rule) bool { return string(x.appendSpec(nil)) == want }) {
+			return fmt.Errorf("chain %s: %w", c.Chain, ErrNoRule)
+		}
+	}
 	return nil
 }

@@ -203,3 +203,44 @@ func TestRestoreNoFlushAndOtherTables(t *testing.T) {
 		t.Errorf("base changed by a failed restore: %d INPUT rules", n)
 	}
 }
+
+func TestListRulesAndCheck(t *testing.T) {
+	rs := mustParse(t, "*filter\n:INPUT DROP [3:4]\n:web - [0:0]\n[1:2] -A INPUT -p tcp --dport 80 -j web\n-A web -j RETURN\nCOMMIT\n", IPv4)
+	// Outputs of the real iptables 1.8.9 for the same rules.
+	cases := []struct {
+		argv string
+		want string
+	}{
+		{"-S", "-P INPUT DROP\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n-N web\n-A INPUT -p tcp -m tcp --dport 80 -j web\n-A web -j RETURN\n"},
+		{"-S -v", "-P INPUT DROP -c 3 4\n-P FORWARD ACCEPT -c 0 0\n-P OUTPUT ACCEPT -c 0 0\n-N web\n-A INPUT -p tcp -m tcp --dport 80 -c 1 2 -j web\n-A web -c 0 0 -j RETURN\n"},
+		{"-S web", "-N web\n-A web -j RETURN\n"},
+		{"-S INPUT -v", "-P INPUT DROP -c 3 4\n-A INPUT -p tcp -m tcp --dport 80 -c 1 2 -j web\n"},
+		{"-S INPUT 1", "-A INPUT -p tcp -m tcp --dport 80 -j web\n"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.argv, func(t *testing.T) {
+			cmd, err := ParseCommand(IPv4, strings.Fields(tc.argv))
+			if err != nil || cmd.Op != OpListRules {
+				t.Fatalf("ParseCommand = %+v, %v", cmd, err)
+			}
+			var b bytes.Buffer
+			if err := rs.ListRules(&b, cmd.Table, cmd.Chain, cmd.Num, cmd.List.Verbose); err != nil {
+				t.Fatal(err)
+			}
+			if b.String() != tc.want {
+				t.Errorf("iptables %s:\n%s\nwant\n%s", tc.argv, b.String(), tc.want)
+			}
+		})
+	}
+	cmd, err := ParseCommand(IPv4, strings.Fields("-C INPUT -p tcp --dport 80 -j web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := rs.Exec(cmd); err != nil || got != rs {
+		t.Errorf("-C of an existing rule = %v, %v", got, err)
+	}
+	cmd, _ = ParseCommand(IPv4, strings.Fields("-C INPUT -j DROP"))
+	if _, err := rs.Exec(cmd); !errors.Is(err, ErrNoRule) {
+		t.Errorf("-C of a missing rule: %v, want %v", err, ErrNoRule)
+	}
+}

@@ -144,3 +144,80 @@ func (r *Rule) appendSpec(b []byte) []byte {
 	}
 	return b
 }
+
+// ListRules writes table's rules as iptables -S prints them: "-P" lines
+// for the built-in chains, "-N" for user chains, then "-A" rules. With
+// chain only that chain, with num > 0 only its rule num; counters adds
+// "-c PACKETS BYTES" as -S -v does.
+func (rs *Ruleset) ListRules(w io.Writer, table, chain string, num int, counters bool) error {
+	t := rs.Table(table)
+	if t == nil {
+		ti := tableIndex(table)
+		if ti < 0 {
+			return fmt.Errorf("table %q does not exist", table)
+		}
+		t = &Table{Name: table, Chains: rs.clone().edit(ti).chains}
+	}
+	var b []byte
+	found := false
+	for _, c := range t.Chains {
+		if chain != "" && c.Name != chain {
+			continue
+		}
+		found = true
+		if num > 0 {
+			continue
+		}
+		if c.builtin {
+			b = fmt.Appendf(b, "-P %s %s", c.Name, c.Policy)
+			if counters {
+				pk, by := c.Counters.Load()
+				b = fmt.Appendf(b, " -c %d %d", pk, by)
+			}
+			b = append(b, '\n')
+		} else {
+			b = fmt.Appendf(b, "-N %s\n", c.Name)
+		}
+	}
+	if !found {
+		return fmt.Errorf("chain %q: %w", chain, ErrNoChain)
+	}
+	for _, c := range t.Chains {
+		if chain != "" && c.Name != chain {
+			continue
+		}
+		if num > len(c.Rules) {
+			return fmt.Errorf("chain %s rule %d: %w", c.Name, num, ErrNoRule)
+		}
+		for i, r := range c.Rules {
+			if num > 0 && i+1 != num {
+				continue
+			}
+			b = append(b, "-A "...)
+			b = append(b, c.Name...)
+			if counters {
+				b = r.appendSpecCounters(b)
+			} else {
+				b = r.appendSpec(b)
+			}
+			b = append(b, '\n')
+		}
+	}
+	_, err := w.Write(b)
+	return err
+}
+
+// appendSpecCounters is appendSpec with "-c PACKETS BYTES" before the
+// target, where iptables -S -v prints it.
+func (r *Rule) appendSpecCounters(b []byte) []byte {
+	t := r.Target
+	rr := *r
+	rr.Target = nil
+	b = rr.appendSpec(b)
+	pk, by := r.Counters.Load()
+	b = fmt.Appendf(b, " -c %d %d", pk, by)
+	if t != nil {
+		b = t.appendSave(b)
+	}
+	return b
+}
