@@ -60,6 +60,8 @@ func helperMain(args []string) int {
 		err = helperTCPConns(args[2:])
 	case "tcpbulk":
 		err = helperTCPBulk(args[2:])
+	case "rawsend":
+		err = helperRawSend(args[2:])
 	default:
 		err = fmt.Errorf("unknown helper mode %q", args[1])
 	}

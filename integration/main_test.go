@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsappliance/appliance/internal/leakcheck"
 	"github.com/nsappliance/appliance/internal/testbed"
 )
 
@@ -33,6 +34,9 @@ func TestMain(m *testing.M) {
 
 func runTests(m *testing.M) int {
 	flag.Parse()
+	// Every appliance the tests start tracks its packet buffers and exits
+	// with leakcheck.ExitCode if one is left when it stops.
+	os.Setenv(leakcheck.Env, "1")
 	var err error
 	if selfBin, err = os.Executable(); err != nil {
 		fmt.Fprintln(os.Stderr, "integration:", err)
@@ -173,7 +177,9 @@ func startAppliance(t *testing.T, host *testbed.Netns, args ...string) *testbed.
 			// TestSIGTERM* check the exit strictly; elsewhere a bad
 			// shutdown is only logged so it does not mask what the test
 			// is about.
-			if code, err := a.Stop(); err != nil || code != 0 {
+			code, err := a.Stop()
+			checkLeakExit(t, code, a.Stderr())
+			if err != nil || code != 0 {
 				t.Logf("stop appliance: exit %d, %v", code, firstLine(err))
 			}
 		}
@@ -183,6 +189,15 @@ func startAppliance(t *testing.T, host *testbed.Netns, args ...string) *testbed.
 		}
 	})
 	return a
+}
+
+// checkLeakExit fails the test if the appliance exited reporting leaked
+// packet buffers.
+func checkLeakExit(t *testing.T, code int, stderr string) {
+	t.Helper()
+	if code == leakcheck.ExitCode || strings.Contains(stderr, "leak check failed") {
+		t.Errorf("appliance leaked packet buffers (exit %d):\n%s", code, tail(stderr, 4000))
+	}
 }
 
 // helperCmd starts this test binary as a helper in ns.

@@ -36,7 +36,9 @@ func startRouter(t *testing.T, host, a, b *testbed.Netns, args ...string) *testb
 		select {
 		case <-app.Proc.Done():
 		default:
-			if code, err := app.Stop(); err != nil || code != 0 {
+			code, err := app.Stop()
+			checkLeakExit(t, code, app.Stderr())
+			if err != nil || code != 0 {
 				t.Logf("stop router: exit %d, %v", code, firstLine(err))
 			}
 		}

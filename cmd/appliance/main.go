@@ -12,6 +12,10 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/nsappliance/appliance/internal/leakcheck"
 )
 
 // usageError marks errors the user made on the command line (exit 2).
@@ -25,9 +29,30 @@ type exitError struct{ code int }
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 func main() {
+	// Leak tracking must start before the first packet buffer exists.
+	leaks := os.Getenv(leakcheck.Env) != ""
+	if leaks {
+		leakcheck.Enable()
+	}
+	if os.Getenv("APPLIANCE_TEST_LEAK") != "" && len(os.Args) > 1 && (os.Args[1] == "run" || os.Args[1] == "router") {
+		// Proves the check works end to end (integration TestLeakCheck):
+		// one buffer that is never released.
+		stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData([]byte("leak"))})
+	}
 	root := newRootCmd()
 	err := root.Execute()
-	os.Exit(exitCode(err))
+	code := exitCode(err)
+	if leaks {
+		// Every command has closed its stack and waited for its
+		// goroutines by now: a live packet buffer is a leak.
+		if lerr := leakcheck.Check(); lerr != nil {
+			slog.Error("leak check failed", "err", lerr)
+			if code == 0 {
+				code = leakcheck.ExitCode
+			}
+		}
+	}
+	os.Exit(code)
 }
 
 func exitCode(err error) int {
@@ -56,7 +81,12 @@ func newRootCmd() *cobra.Command {
 		Long: `appliance puts a container's network namespace behind gVisor's userspace
 TCP/IP stack (netstack): a TUN device in the namespace feeds every packet
 to netstack, which terminates TCP, UDP and ICMP and relays them through
-ordinary host sockets (gateway mode).`,
+ordinary host sockets (gateway mode).
+
+Environment: APPLIANCE_LEAK_CHECK=1 tracks every reference-counted packet
+buffer (gVisor's refs leak checking, slower) and, when the command ends,
+logs any still alive and exits with status 3; the integration tests run
+with it.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
