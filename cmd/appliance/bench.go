@@ -24,6 +24,8 @@ func newBenchCmd() *cobra.Command {
 		mode, cc, emulate, compare, mtus, plot string
 		dur, rrDur                             time.Duration
 		asJSON                                 bool
+		conns                                  string
+		connsKernel                            bool
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -60,6 +62,9 @@ throughput and RTT over time into an SVG file, one line per run.`,
   appliance bench --compare kernel --mtu 1500 --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if conns != "" {
+				return benchConns(cmd, conns, connsKernel, asJSON)
+			}
 			cfg := bench.Config{Mode: mode, CC: cc, Emulate: emulate, Series: plot != "", Time: dur, RRTime: rrDur, Progress: os.Stderr}
 			if emulate != "" {
 				if _, err := parseEmulate(emulate); err != nil {
@@ -134,8 +139,52 @@ throughput and RTT over time into an SVG file, one line per run.`,
 	fl.StringVar(&compare, "compare", strings.Join(bench.ComparePaths, ","), "other paths to measure: "+strings.Join(bench.ComparePaths, ",")+" (comma-separated; missing tools print \"not installed\")")
 	fl.StringVar(&mtus, "mtu", "1500,65520", "MTUs to measure (comma-separated; router mode: 1500)")
 	fl.BoolVar(&asJSON, "json", false, "print the results as JSON instead of a table")
+	fl.StringVar(&conns, "conns", "", "instead of throughput: hold this many idle TCP connections through the appliance (comma-separated counts, e.g. 10000,50000) and report memory per connection and growth after they close")
+	fl.BoolVar(&connsKernel, "conns-kernel", true, "with --conns, also measure the kernel's own cost on a veth pair")
 	fl.StringVar(&plot, "plot", "", "draw each iperf3 run's throughput and RTT over time into this SVG file")
 	return cmd
+}
+
+// benchConns runs `bench --conns`.
+func benchConns(cmd *cobra.Command, list string, kernel, asJSON bool) error {
+	cfg := bench.ConnsConfig{Kernel: kernel, Progress: os.Stderr}
+	for _, f := range benchSplitList(list) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			return usagef("--conns %q: want positive counts like 10000,50000", list)
+		}
+		cfg.Counts = append(cfg.Counts, n)
+	}
+	if len(cfg.Counts) == 0 {
+		return usagef("--conns %q: want positive counts like 10000,50000", list)
+	}
+	if os.Geteuid() != 0 {
+		return usagef("bench needs root to create network namespaces")
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cfg.Bin = bin
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rs, err := bench.Conns(ctx, cfg)
+	if asJSON {
+		if jerr := json.NewEncoder(cmd.OutOrStdout()).Encode(rs); jerr != nil {
+			return jerr
+		}
+	} else {
+		bench.WriteConnsTable(cmd.OutOrStdout(), rs)
+	}
+	if err != nil {
+		return err
+	}
+	for _, r := range rs {
+		if r.Error != "" {
+			return fmt.Errorf("bench --conns: %s %d: %s", r.Path, r.Conns, r.Error)
+		}
+	}
+	return nil
 }
 
 // newNetperfCmd is the hidden netperf-style client and server bench runs
@@ -161,6 +210,47 @@ func newNetperfCmd() *cobra.Command {
 			return bench.Serve(ctx, ln)
 		},
 	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "hold-serve ADDR...",
+		Short: "accept and hold connections on every ADDR until SIGINT/SIGTERM",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := bench.RaiseNoFile(200000); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return bench.HoldServe(ctx, args)
+		},
+	})
+	var holdN, holdPar int
+	hold := &cobra.Command{
+		Use:   "hold ADDR...",
+		Short: "open -n connections over the ADDRs, print JSON, hold them until SIGINT/SIGTERM, close",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if holdN <= 0 || holdPar <= 0 {
+				return usagef("-n and -par must be positive")
+			}
+			if err := bench.RaiseNoFile(uint64(holdN) + 1024); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			conns, res := bench.Hold(ctx, args, holdN, holdPar)
+			if err := json.NewEncoder(cmd.OutOrStdout()).Encode(res); err != nil {
+				return err
+			}
+			<-ctx.Done()
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil
+		},
+	}
+	hold.Flags().IntVarP(&holdN, "n", "n", 1000, "connections")
+	hold.Flags().IntVar(&holdPar, "par", 32, "parallel dialers")
+	cmd.AddCommand(hold)
 	for _, mode := range []string{"rr", "crr"} {
 		cmd.AddCommand(&cobra.Command{
 			Use:   mode + " ADDR [DURATION]",

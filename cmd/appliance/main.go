@@ -30,7 +30,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 
 func main() {
 	// Leak tracking must start before the first packet buffer exists.
-	leaks := os.Getenv(leakcheck.Env) != ""
+	leaks := os.Getenv(leakcheck.Env) != "" && os.Getenv(leakcheck.Env) != "0"
 	if leaks {
 		leakcheck.Enable()
 	}
@@ -83,7 +83,7 @@ TCP/IP stack (netstack): a TUN device in the namespace feeds every packet
 to netstack, which terminates TCP, UDP and ICMP and relays them through
 ordinary host sockets (gateway mode).
 
-Environment: APPLIANCE_LEAK_CHECK=1 tracks every reference-counted packet
+Environment: APPLIANCE_LEAK_CHECK=1 (0 or empty: off) tracks every reference-counted packet
 buffer (gVisor's refs leak checking, slower) and, when the command ends,
 logs any still alive and exits with status 3; the integration tests run
 with it.`,

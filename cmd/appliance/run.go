@@ -296,6 +296,7 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 
 	mux := http.NewServeMux()
 	control.HandleSysctl(mux, gw.Stack().Sysctl())
+	control.HandleMemStats(mux)
 	mux.HandleFunc("GET /v1/sockets", func(w http.ResponseWriter, r *http.Request) {
 		control.WriteJSON(w, http.StatusOK, gw.Sockets())
 	})
