@@ -121,4 +121,3 @@ func udpDatagram(dst netip.Addr, port uint16) []byte {
 	u.SetChecksum(^checksum.Checksum(u, xsum))
 	return u
 }
-

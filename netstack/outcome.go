@@ -159,8 +159,8 @@ func ProtoOf(pkt *stack.PacketBuffer) outcome.Proto {
 // receives to one outcome (see classifier).
 type outcomeLink struct {
 	WrappedLink
-	s    *Stack
-	l    *outcome.Link
+	s *Stack
+	l *outcome.Link
 	// routes: a packet neither delivered nor dropped was forwarded. False
 	// on a promiscuous NIC, which takes every packet as local.
 	routes bool

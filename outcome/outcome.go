@@ -61,8 +61,8 @@ type Hook uint8
 
 // Hooks: the five netfilter hooks plus the link's edges.
 const (
-	HookNone        Hook = iota // not at a hook (transport, link, relay)
-	HookIngress                 // the early filter, before netstack
+	HookNone    Hook = iota // not at a hook (transport, link, relay)
+	HookIngress             // the early filter, before netstack
 	HookPrerouting
 	HookInput
 	HookForward
