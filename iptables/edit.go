@@ -443,7 +443,7 @@ func (rs *Ruleset) Zero(table, chain string) error {
 
 // clone returns a shallow copy of rs sharing all tables.
 func (rs *Ruleset) clone() *Ruleset {
-	out := &Ruleset{family: rs.family, tables: rs.tables, log: rs.log}
+	out := &Ruleset{family: rs.family, tables: rs.tables, shared: rs.shared}
 	return out
 }
 
@@ -729,6 +729,18 @@ func (te *tableEdit) commit() error {
 	t := &Table{Name: te.name, Chains: te.chains, index: te.index}
 	if err := t.validate(); err != nil {
 		return fmt.Errorf("table %s: %w", te.name, err)
+	}
+	// Hashlimit matches with the same name share one table, as in the
+	// kernel; a rule already bound (shared with an older rule set) keeps
+	// its table.
+	for _, c := range t.Chains {
+		for _, r := range c.Rules {
+			for _, m := range r.Matches {
+				if hl, ok := m.(*HashlimitMatch); ok && hl.tbl.Load() == nil {
+					hl.tbl.CompareAndSwap(nil, te.rs.shared.hashTable(hl.HashName))
+				}
+			}
+		}
 	}
 	te.rs.tables[te.index] = t
 	return nil

@@ -318,6 +318,9 @@ type evalPacket struct {
 	src, dst addr128
 	now      time.Time
 	haveNow  bool
+	// hotdrop is set by a match that wants the packet dropped at once
+	// (xt_action_param.hotdrop).
+	hotdrop bool
 }
 
 func (x *evalPacket) time(p *Packet) time.Time {
@@ -425,6 +428,9 @@ func (rs *Ruleset) Eval(table string, p *Packet) Verdict {
 			}
 		}
 		if !ok {
+			if x.hotdrop {
+				return Verdict{Kind: Drop, Rule: c.rule}
+			}
 			i++
 			continue
 		}

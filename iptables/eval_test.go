@@ -306,9 +306,10 @@ COMMIT
 		t.Fatalf("new source after expiry: %v, want ACCEPT", v)
 	}
 	hl := rs.Table(TableRaw).Chain("PREROUTING").Rules[0].Matches[1].(*HashlimitMatch)
-	hl.mu.Lock()
-	n := len(hl.buckets)
-	hl.mu.Unlock()
+	tbl := hl.tbl.Load()
+	tbl.mu.Lock()
+	n := len(tbl.buckets)
+	tbl.mu.Unlock()
 	if n != 1 {
 		t.Errorf("buckets after expiry = %d, want 1", n)
 	}
@@ -435,5 +436,62 @@ func BenchmarkEval(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N), "ns/packet")
 		})
+	}
+}
+
+func TestHashlimitSharedByName(t *testing.T) {
+	text := `*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+-A INPUT -m hashlimit --hashlimit-above 1/min --hashlimit-burst 2 --hashlimit-mode srcip --hashlimit-name shared -j DROP
+-A FORWARD -m hashlimit --hashlimit-above 1/min --hashlimit-burst 2 --hashlimit-mode srcip --hashlimit-name shared -j DROP
+COMMIT
+`
+	rs := mustParse(t, text, IPv4)
+	now := time.Unix(100, 0)
+	send := func(rs *Ruleset, hook Hook) VerdictKind {
+		p := tcpPacket("192.0.2.1", "10.0.0.1", 1, 80, TCPSyn)
+		p.Hook, p.Now = hook, now
+		return rs.Eval(TableFilter, p).Kind
+	}
+	// The two rules spend one bucket.
+	if send(rs, Input) != Accept || send(rs, Forward) != Accept {
+		t.Fatal("first two packets dropped")
+	}
+	if v := send(rs, Input); v != Drop {
+		t.Fatalf("third packet through the shared table: %v, want DROP", v)
+	}
+	// Replacing the table (iptables-restore) keeps the table by name.
+	rs2, err := Restore(rs, strings.NewReader(text), RestoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := send(rs2, Forward); v != Drop {
+		t.Fatalf("after restore: %v, want DROP (bucket state kept by name)", v)
+	}
+	// A separate Parse is a separate world.
+	if v := send(mustParse(t, text, IPv4), Input); v != Accept {
+		t.Fatalf("fresh rule set: %v, want ACCEPT", v)
+	}
+}
+
+func TestHashlimitTableFullDrops(t *testing.T) {
+	rs := mustParse(t, `*filter
+:INPUT ACCEPT [0:0]
+-A INPUT -m hashlimit --hashlimit-upto 100/sec --hashlimit-mode srcip --hashlimit-name full --hashlimit-htable-max 2 -j ACCEPT
+COMMIT
+`, IPv4)
+	now := time.Unix(100, 0)
+	for i, src := range []string{"192.0.2.1", "192.0.2.2", "192.0.2.3"} {
+		p := tcpPacket(src, "10.0.0.1", 1, 80, TCPSyn)
+		p.Now = now
+		v := rs.Eval(TableFilter, p)
+		want := Accept
+		if i == 2 {
+			want = Drop // no room for a third flow: hotdrop
+		}
+		if v.Kind != want {
+			t.Fatalf("flow %d: %v, want %v", i+1, v.Kind, want)
+		}
 	}
 }

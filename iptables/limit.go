@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -250,9 +251,18 @@ type HashlimitMatch struct {
 	unit      uint32
 	expireSet bool
 
-	mu      sync.Mutex
+	// tbl is the table of buckets, shared by name within a rule set
+	// family; bound when the rule joins a rule set.
+	tbl atomic.Pointer[hashTable]
+}
+
+// hashTable is a hashlimit table (/proc/net/ipt_hashlimit/NAME).
+type hashTable struct {
+	mu sync.Mutex
+	// +checklocks:mu
 	buckets map[hashKey]*hashBucket
-	lastGC  time.Time
+	// +checklocks:mu
+	lastGC time.Time
 }
 
 type hashKey struct {
@@ -514,34 +524,42 @@ func (m *HashlimitMatch) match(p *Packet, x *evalPacket) bool {
 	now := x.time(p)
 	cost := time.Duration(m.Avg) * (time.Second / hashlimitScale)
 	capacity := cost * time.Duration(m.Burst)
-	m.mu.Lock()
-	if m.buckets == nil {
-		m.buckets = make(map[hashKey]*hashBucket)
-		m.lastGC = now
+	t := m.tbl.Load()
+	if t == nil {
+		m.tbl.CompareAndSwap(nil, new(hashTable))
+		t = m.tbl.Load()
 	}
-	if gc := time.Duration(m.GCInterval) * time.Millisecond; now.Sub(m.lastGC) >= gc {
-		for key, b := range m.buckets {
+	t.mu.Lock()
+	if t.buckets == nil {
+		t.buckets = make(map[hashKey]*hashBucket)
+		t.lastGC = now
+	}
+	if gc := time.Duration(m.GCInterval) * time.Millisecond; now.Sub(t.lastGC) >= gc {
+		for key, b := range t.buckets {
 			if !now.Before(b.expires) {
-				delete(m.buckets, key)
+				delete(t.buckets, key)
 			}
 		}
-		m.lastGC = now
+		t.lastGC = now
 	}
-	b := m.buckets[k]
+	b := t.buckets[k]
 	if b == nil || !now.Before(b.expires) {
 		if b == nil {
-			if m.Max != 0 && uint32(len(m.buckets)) >= m.Max {
-				m.mu.Unlock()
-				return false // table full: the kernel drops (no match)
+			if m.Max != 0 && uint32(len(t.buckets)) >= m.Max {
+				t.mu.Unlock()
+				// No room for the flow: the kernel drops the packet
+				// (hotdrop) whatever the rule says.
+				x.hotdrop = true
+				return false
 			}
 			b = new(hashBucket)
-			m.buckets[k] = b
+			t.buckets[k] = b
 		}
 		b.bucket = bucket{last: now, credit: capacity}
 	}
 	b.expires = now.Add(m.expire())
 	ok := b.take(now, cost, capacity)
-	m.mu.Unlock()
+	t.mu.Unlock()
 	// upto: matches while under the rate; above: matches when over it.
 	return ok != m.Above
 }

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sort"
+	"sync"
 	"sync/atomic"
 )
 
@@ -14,7 +15,33 @@ type Ruleset struct {
 	family Family
 	// tables by index (tRaw...); nil when the table is not loaded.
 	tables [numTables]*Table
-	log    *atomic.Pointer[slog.Logger]
+	shared *shared
+}
+
+// shared is what every rule set derived from one New (by editing or
+// Restore) has in common: the LOG logger and the hashlimit tables, which
+// the kernel keys by name and keeps across table replacements.
+type shared struct {
+	log atomic.Pointer[slog.Logger]
+
+	mu sync.Mutex
+	// +checklocks:mu
+	hashTables map[string]*hashTable
+}
+
+// hashTable returns the hashlimit table called name, creating it.
+func (s *shared) hashTable(name string) *hashTable {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.hashTables == nil {
+		s.hashTables = make(map[string]*hashTable)
+	}
+	t := s.hashTables[name]
+	if t == nil {
+		t = new(hashTable)
+		s.hashTables[name] = t
+	}
+	return t
 }
 
 // New returns an empty rule set of family f: no table is loaded, so every
@@ -22,7 +49,7 @@ type Ruleset struct {
 // ACCEPT policies) when first edited, as the kernel loads a table module
 // on first use.
 func New(f Family) *Ruleset {
-	rs := &Ruleset{family: f, log: new(atomic.Pointer[slog.Logger])}
+	rs := &Ruleset{family: f, shared: new(shared)}
 	return rs
 }
 
@@ -31,10 +58,10 @@ func (rs *Ruleset) Family() Family { return rs.family }
 
 // SetLogger sets where LOG rules write (nil: slog.Default()). It applies to
 // this rule set and to every rule set derived from it by editing.
-func (rs *Ruleset) SetLogger(l *slog.Logger) { rs.log.Store(l) }
+func (rs *Ruleset) SetLogger(l *slog.Logger) { rs.shared.log.Store(l) }
 
 func (rs *Ruleset) logger() *slog.Logger {
-	if l := rs.log.Load(); l != nil {
+	if l := rs.shared.log.Load(); l != nil {
 		return l
 	}
 	return slog.Default()
