@@ -338,6 +338,11 @@ func (rs *Ruleset) Exec(c *Command) (*Ruleset, error) {
 		}
 		return rs, nil
 	}
+	if rs.tables[ti] == nil && c.Chain == "" && (c.Op == OpFlush || c.Op == OpDeleteChain) {
+		// Flushing or deleting all chains of a table that is not loaded
+		// does not load it (nf_tables).
+		return rs, nil
+	}
 	out := rs.clone()
 	te := out.edit(ti)
 	if err := te.exec(c); err != nil {

@@ -66,6 +66,10 @@ func Restore(base *Ruleset, r io.Reader, opts RestoreOptions) (*Ruleset, error) 
 	lineNo := 0
 	var cur *tableEdit
 	curLine := 0
+	// touched records whether the current table section declared a chain
+	// or ran a command: iptables-restore (nf_tables) leaves a section
+	// with neither without the table (deleting it if it existed).
+	touched := false
 	for sc.Scan() {
 		lineNo++
 		line := strings.TrimSpace(sc.Text())
@@ -87,12 +91,20 @@ func Restore(base *Ruleset, r io.Reader, opts RestoreOptions) (*Ruleset, error) 
 			}
 			cur = rs.edit(ti)
 			curLine = lineNo
+			touched = false
 			if !opts.NoFlush {
 				cur.flushTable()
 			}
 		case line == "COMMIT":
 			if cur == nil {
 				return nil, perr("", errors.New("COMMIT without a table"))
+			}
+			if !touched {
+				if !opts.NoFlush {
+					rs.tables[cur.index] = nil
+				}
+				cur = nil
+				continue
 			}
 			if err := cur.commit(); err != nil {
 				var pe *ParseError
@@ -106,6 +118,7 @@ func Restore(base *Ruleset, r io.Reader, opts RestoreOptions) (*Ruleset, error) 
 			if cur == nil {
 				return nil, perr("", errors.New("chain declaration outside a table"))
 			}
+			touched = true
 			if err := cur.declare(line[1:]); err != nil {
 				return nil, perr("", err)
 			}
@@ -135,6 +148,7 @@ func Restore(base *Ruleset, r io.Reader, opts RestoreOptions) (*Ruleset, error) 
 					r.Counters.Set(counters[0], counters[1])
 				}
 			}
+			touched = true
 			if err := cur.exec(cmd); err != nil {
 				return nil, perr("", err)
 			}
