@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strings"
 	"time"
@@ -82,9 +83,42 @@ type crule struct {
 type ccold struct {
 	src, srcMask addr128
 	dst, dstMask addr128
-	in, out      string
+	in, out      ifacePattern
 	matches      []Match
 	rule         *Rule
+}
+
+// ifaceName is an interface name as the kernel keeps it: IFNAMSIZ bytes,
+// NUL padded, compared as two words.
+type ifaceName [2]uint64
+
+// ifacePattern is -i/-o: the name and a mask of its significant bytes
+// (all 16 for an exact name, the prefix for "eth+").
+type ifacePattern struct{ name, mask ifaceName }
+
+func toIfaceName(s string) ifaceName {
+	var b [16]byte
+	copy(b[:15], s)
+	return ifaceName{binary.LittleEndian.Uint64(b[:8]), binary.LittleEndian.Uint64(b[8:])}
+}
+
+func toIfacePattern(s string) ifacePattern {
+	var m [16]byte
+	n := len(s)
+	if n > 0 && s[n-1] == '+' {
+		s = s[:n-1]
+		n--
+	} else {
+		n = 16 // the NUL padding must match too
+	}
+	for i := 0; i < n && i < 16; i++ {
+		m[i] = 0xff
+	}
+	return ifacePattern{toIfaceName(s), ifaceName{binary.LittleEndian.Uint64(m[:8]), binary.LittleEndian.Uint64(m[8:])}}
+}
+
+func (ip *ifacePattern) match(n *ifaceName) bool {
+	return (n[0]^ip.name[0])&ip.mask[0] == 0 && (n[1]^ip.name[1])&ip.mask[1] == 0
 }
 
 // validate checks the table as the kernel's translate_table does: jump
@@ -232,7 +266,7 @@ func (t *Table) compile() {
 			cr := crule{proto: r.Proto, jump: -1}
 			cold := ccold{rule: r, matches: r.Matches,
 				src: r.srcNet, srcMask: r.srcMask, dst: r.dstNet, dstMask: r.dstMask,
-				in: r.InIface, out: r.OutIface}
+				in: toIfacePattern(r.InIface), out: toIfacePattern(r.OutIface)}
 			set := func(cond bool, flag uint16) {
 				if cond {
 					cr.flags |= flag
@@ -250,16 +284,25 @@ func (t *Table) compile() {
 			set(r.OutInvert, cfOutInv)
 			set(r.Fragment, cfFrag)
 			set(r.FragmentInvert, cfFragInv)
-			// A leading tcp/udp match with plain port ranges is checked
-			// inline (a fragment fails it either way, as in the match).
-			if len(r.Matches) > 0 {
-				var tm *TCPMatch
-				switch m := r.Matches[0].(type) {
+			// The ports of a tcp/udp match are checked inline if only
+			// stateless matches precede it (checking them first cannot
+			// change what a limit or hashlimit counts); a fragment fails
+			// the match either way.
+			var tm *TCPMatch
+		scan:
+			for _, m := range r.Matches {
+				switch m := m.(type) {
 				case *TCPMatch:
 					tm = m
+					break scan
 				case *UDPMatch:
 					tm = &m.TCPMatch
+					break scan
+				case *LimitMatch, *HashlimitMatch, *ConnlimitMatch:
+					break scan
 				}
+			}
+			{
 				if tm != nil && !tm.DstInvert && tm.DstPorts != anyPorts {
 					cr.flags |= cfDport
 					cr.dportMin, cr.dportMax = tm.DstPorts.Min, tm.DstPorts.Max
@@ -316,6 +359,7 @@ func (t *Table) compile() {
 // evalPacket is per-Eval derived packet data.
 type evalPacket struct {
 	src, dst addr128
+	in, out  ifaceName
 	now      time.Time
 	haveNow  bool
 	// hotdrop is set by a match that wants the packet dropped at once
@@ -334,13 +378,6 @@ func (x *evalPacket) time(p *Packet) time.Time {
 	return x.now
 }
 
-func ifaceMatch(pattern, name string) bool {
-	if n := len(pattern); n > 0 && pattern[n-1] == '+' {
-		return len(name) >= n-1 && name[:n-1] == pattern[:n-1]
-	}
-	return pattern == name
-}
-
 // matchIP is the fixed part of ipt_do_table's ip_packet_match.
 func (cr *crule) matchIP(c *ccold, p *Packet, x *evalPacket) bool {
 	f := cr.flags
@@ -350,10 +387,10 @@ func (cr *crule) matchIP(c *ccold, p *Packet, x *evalPacket) bool {
 	if f&cfDst != 0 && ((x.dst.hi&c.dstMask.hi == c.dst.hi && x.dst.lo&c.dstMask.lo == c.dst.lo) == (f&cfDstInv != 0)) {
 		return false
 	}
-	if f&cfIn != 0 && ifaceMatch(c.in, p.InIface) == (f&cfInInv != 0) {
+	if f&cfIn != 0 && c.in.match(&x.in) == (f&cfInInv != 0) {
 		return false
 	}
-	if f&cfOut != 0 && ifaceMatch(c.out, p.OutIface) == (f&cfOutInv != 0) {
+	if f&cfOut != 0 && c.out.match(&x.out) == (f&cfOutInv != 0) {
 		return false
 	}
 	if f&cfFrag != 0 && p.Fragment == (f&cfFragInv != 0) {
@@ -382,7 +419,7 @@ func (rs *Ruleset) Eval(table string, p *Packet) Verdict {
 		return Verdict{Kind: Accept}
 	}
 	x := &p.x
-	*x = evalPacket{src: toAddr128(p.Src), dst: toAddr128(p.Dst)}
+	*x = evalPacket{src: toAddr128(p.Src), dst: toAddr128(p.Dst), in: toIfaceName(p.InIface), out: toIfaceName(p.OutIface)}
 	size := uint64(max(p.Length, 0))
 
 	type frame struct{ ret, end int32 }

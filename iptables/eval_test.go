@@ -495,3 +495,55 @@ COMMIT
 		}
 	}
 }
+
+// BenchmarkEvalShapes measures 100 non-matching rules of one shape each.
+func BenchmarkEvalShapes(b *testing.B) {
+	shapes := []struct{ name, format string }{
+		{"tcp-dport", "-A INPUT -p tcp --dport %d -j DROP\n"},
+		{"udp-only", "-A INPUT -p udp --dport %d -j DROP\n"},
+		{"source", "-A INPUT -s 10.%d.0.0/16 -j DROP\n"},
+		{"iface", "-A INPUT -i veth%d -j DROP\n"},
+		{"ctstate-dport", "-A INPUT -p tcp -m conntrack --ctstate NEW -m tcp --dport %d -j DROP\n"},
+	}
+	for _, sh := range shapes {
+		b.Run(sh.name, func(b *testing.B) {
+			var t strings.Builder
+			t.WriteString("*filter\n:INPUT ACCEPT [0:0]\n")
+			for i := 0; i < 100; i++ {
+				fmt.Fprintf(&t, sh.format, 100+i)
+			}
+			t.WriteString("COMMIT\n")
+			rs := mustParse(b, t.String(), IPv4)
+			p := benchPacket()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if rs.Eval(TableFilter, p).Kind != Accept {
+					b.Fatal("not accepted")
+				}
+			}
+		})
+	}
+}
+
+// ifaceMatch is the plain-string meaning of -i/-o.
+func ifaceMatch(pattern, name string) bool {
+	if n := len(pattern); n > 0 && pattern[n-1] == '+' {
+		return len(name) >= n-1 && name[:n-1] == pattern[:n-1]
+	}
+	return pattern == name
+}
+
+func TestIfacePattern(t *testing.T) {
+	patterns := []string{"eth0", "eth+", "+", "veth12345678901", "lo", "e+"}
+	names := []string{"", "eth0", "eth1", "eth", "eth0.1", "veth12345678901", "veth1234567890", "lo", "l", "e"}
+	for _, pat := range patterns {
+		ip := toIfacePattern(pat)
+		for _, name := range names {
+			n := toIfaceName(name)
+			if got, want := ip.match(&n), ifaceMatch(pat, name); got != want {
+				t.Errorf("pattern %q name %q: match = %v, want %v", pat, name, got, want)
+			}
+		}
+	}
+}
