@@ -3,8 +3,11 @@ package iptables
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -546,4 +549,36 @@ func TestIfacePattern(t *testing.T) {
 			}
 		}
 	}
+}
+
+// FuzzEval evaluates arbitrary packets against the golden rule sets: no
+// panics, and every verdict is one Eval can give for that table.
+func FuzzEval(f *testing.F) {
+	f.Add(uint8(1), uint8(6), []byte{10, 0, 0, 1}, []byte{1, 2, 3, 4}, uint16(1), uint16(80), uint8(2), uint8(8), uint8(0), 60, false, uint32(0), uint16(8), "eth0", "")
+	f.Fuzz(func(t *testing.T, hook, proto uint8, src, dst []byte, sport, dport uint16, flags, itype, icode uint8, length int, frag bool, mark uint32, ct uint16, in, out string) {
+		for _, name := range []string{"filter", "nat", "mangle"} {
+			data, err := os.ReadFile(filepath.Join("testdata", "golden", name+".rules"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rs, err := Parse(bytes.NewReader(data), IPv4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rs.SetLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
+			var s4, d4 [4]byte
+			copy(s4[:], src)
+			copy(d4[:], dst)
+			p := &Packet{Family: IPv4, Hook: Hook(hook % uint8(NumHooks+1)), InIface: in, OutIface: out,
+				Src: netip.AddrFrom4(s4), Dst: netip.AddrFrom4(d4), Protocol: proto, SrcPort: sport, DstPort: dport,
+				TCPFlags: flags, ICMPType: itype, ICMPCode: icode, Length: length, Fragment: frag, Mark: mark,
+				CTState: CTState(ct), ConnID: uint64(sport), Now: time.Unix(int64(length), 0)}
+			for _, tb := range rs.Tables() {
+				v := rs.Eval(tb.Name, p)
+				if v.Kind > Redirect || (v.Kind >= DNAT) != (v.NAT != nil) {
+					t.Fatalf("Eval(%s) = %+v", tb.Name, v)
+				}
+			}
+		}
+	})
 }

@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"errors"
+	"io"
 	"strings"
 	"testing"
 )
@@ -265,6 +266,49 @@ func FuzzParse(f *testing.F) {
 		}
 		if again := saveString(t, rs2, SaveOptions{Counters: true}); again != saved {
 			t.Fatalf("save/parse/save changed:\n%s\n---\n%s", saved, again)
+		}
+	})
+}
+
+// FuzzCommand runs arbitrary command lines against a small rule set: no
+// panics, errors are errors, and what succeeds still saves and re-parses.
+func FuzzCommand(f *testing.F) {
+	for _, s := range []string{
+		"-A INPUT -p tcp --dport 22 -j ACCEPT",
+		"-t nat -I PREROUTING 1 -p udp -j REDIRECT --to-ports 53",
+		"-D INPUT 1", "-N x", "-X web", "-E web www", "-P INPUT DROP", "-F", "-Z INPUT",
+		"-R web 1 -s 10.0.0.0/8 -j RETURN", "-C INPUT -j web", "-S INPUT 1", "-L -v -n",
+	} {
+		f.Add(s)
+	}
+	base := func(t *testing.T) *Ruleset {
+		return mustParse(t, "*filter\n:INPUT ACCEPT [0:0]\n:web - [0:0]\n-A INPUT -j web\n-A web -j RETURN\nCOMMIT\n", IPv4)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		args, err := tokenize(line)
+		if err != nil {
+			return
+		}
+		cmd, err := ParseCommand(IPv4, args)
+		if err != nil {
+			return
+		}
+		rs := base(t)
+		switch cmd.Op {
+		case OpList:
+			_ = rs.List(io.Discard, cmd.Table, cmd.Chain, cmd.List)
+			return
+		case OpListRules:
+			_ = rs.ListRules(io.Discard, cmd.Table, cmd.Chain, cmd.Num, cmd.List.Verbose)
+			return
+		}
+		next, err := rs.Exec(cmd)
+		if err != nil {
+			return
+		}
+		saved := saveString(t, next, SaveOptions{})
+		if _, err := Parse(strings.NewReader(saved), IPv4); err != nil {
+			t.Fatalf("after %q the saved rules do not parse: %v\n%s", line, err, saved)
 		}
 	})
 }
