@@ -49,6 +49,7 @@ type Gateway struct {
 	stack  *netstack.Stack
 	nic    tcpip.NICID
 	link   *linkTap
+	fw     *Firewall
 	pol    policy
 	dns    []netip.AddrPort
 	ctx    context.Context // cancelled by Close: aborts dials and pings
@@ -138,6 +139,11 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 	g.outcomes = s.Outcomes().Link(NICName)
 	s.AddDropProbe(&g.tcpNoSocket, outcome.NoSocket, outcome.HookNone)
 	g.link = &linkTap{ownedLink: newOwnedLink(ep), g: g}
+	if g.fw, err = newFirewallWith(s, opts.Rules, opts.Logger); err != nil {
+		cancel()
+		s.Destroy()
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 
 	addrs := []tcpip.AddressWithPrefix{
 		addrWithPrefix(opts.IPv4.Gateway, opts.IPv4.Prefix),
@@ -266,6 +272,9 @@ func checkLayout(name string, l Layout, want4 bool) error {
 
 // Stack returns the gateway's netstack.
 func (g *Gateway) Stack() *netstack.Stack { return g.stack }
+
+// Firewall returns the gateway's iptables.
+func (g *Gateway) Firewall() *Firewall { return g.fw }
 
 // Flows returns the number of relays active now.
 func (g *Gateway) Flows() FlowCounts {

@@ -96,6 +96,9 @@ type Options struct {
 	// UDPIdleTimeout closes a UDP flow with no traffic either way. Zero
 	// means 60s (DNS flows: 10s).
 	UDPIdleTimeout time.Duration
+	// Rules is iptables-save / ip6tables-save text applied before the
+	// first packet (--rules); a parse error fails NewGateway.
+	Rules RuleText
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
 }

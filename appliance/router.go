@@ -32,6 +32,9 @@ type RouterOptions struct {
 	IPv4A, IPv4B Layout
 	// IPv6A and IPv6B are the IPv6 layouts; both zero turns IPv6 off.
 	IPv6A, IPv6B Layout
+	// Rules is iptables-save / ip6tables-save text applied before the
+	// first packet (--rules); a parse error fails NewRouter.
+	Rules RuleText
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -42,6 +45,7 @@ type RouterOptions struct {
 // big. Create it with NewRouter; stop it with Close.
 type Router struct {
 	stack      *netstack.Stack
+	fw         *Firewall
 	nicA, nicB tcpip.NICID
 	links      []*ownedLink
 	log        *slog.Logger
@@ -73,6 +77,10 @@ func NewRouter(epA, epB stack.LinkEndpoint, opts RouterOptions) (*Router, error)
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	r := &Router{stack: s, log: opts.Logger.With("component", "router")}
+	if r.fw, err = newFirewallWith(s, opts.Rules, opts.Logger); err != nil {
+		s.Destroy()
+		return nil, fmt.Errorf("router: %w", err)
+	}
 	links := []struct {
 		name   string
 		ep     stack.LinkEndpoint
@@ -167,6 +175,9 @@ func (r *Router) fail(err error) (*Router, error) {
 
 // Stack returns the router's netstack.
 func (r *Router) Stack() *netstack.Stack { return r.stack }
+
+// Firewall returns the router's iptables.
+func (r *Router) Firewall() *Firewall { return r.fw }
 
 // Close destroys the stack, closing both link endpoints. It is idempotent
 // and always returns nil.

@@ -62,6 +62,10 @@ func helperMain(args []string) int {
 		err = helperTCPBulk(args[2:])
 	case "rawsend":
 		err = helperRawSend(args[2:])
+	case "fwserve":
+		err = helperFWServe(args[2:])
+	case "fwprobe":
+		err = helperFWProbe(args[2:])
 	default:
 		err = fmt.Errorf("unknown helper mode %q", args[1])
 	}

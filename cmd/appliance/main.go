@@ -131,5 +131,6 @@ with it.`,
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error (logs go to stderr)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newRunCmd(), newRouterCmd(), newSysctlCmd(), newStatusCmd(), newStatsCmd(), newSSCmd(), newSockstatCmd(), newBenchCmd(), newNetperfCmd(), newEmulateCmd())
+	root.AddCommand(iptablesCmds()...)
 	return root
 }

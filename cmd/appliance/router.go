@@ -32,6 +32,8 @@ type routerFlags struct {
 	name         string
 	noOffload    bool
 	emulate      string
+	rules        string
+	rules6       string
 }
 
 func newRouterCmd() *cobra.Command {
@@ -83,6 +85,8 @@ SIGINT/SIGTERM remove both devices and exit 0. If either device goes away
 	fl.StringVar(&f.name, "name", "default", "instance name; the control socket is /run/appliance/NAME.sock")
 	fl.BoolVar(&f.noOffload, "no-offload", false, "open the TUNs without virtio-net header offloads (checksum, TSO, USO)")
 	fl.StringVar(&f.emulate, "emulate", "", "link emulation on the path between the namespaces, both directions (netem's meanings), e.g. delay=20ms,loss=1%,rate=100mbit; see `appliance emulate --help`")
+	fl.StringVar(&f.rules, "rules", "", "iptables-save text applied before traffic flows (checked before anything starts); FORWARD sees forwarded traffic")
+	fl.StringVar(&f.rules6, "rules6", "", "ip6tables-save text applied before traffic flows")
 	return cmd
 }
 
@@ -101,6 +105,9 @@ func parseRouter(f routerFlags) (appliance.RouterOptions, error) {
 		}
 	}
 	var err error
+	if o.Rules, err = readRules(f.rules, f.rules6); err != nil {
+		return o, err
+	}
 	if o.IPv4A, err = parseLayout("--cidr-a", f.cidrA, true); err != nil {
 		return o, err
 	}
@@ -214,6 +221,7 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 	mux := http.NewServeMux()
 	control.HandleSysctl(mux, r.Stack().Sysctl())
 	handleEmulate(mux, em)
+	handleIptables(mux, r.Firewall())
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, _ *http.Request) {
 		control.WriteJSON(w, http.StatusOK, map[string]map[string]uint64{
 			"netstack": r.Stack().Counters(), "link_a": links[0].ep.Stats().Map(),

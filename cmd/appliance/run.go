@@ -55,6 +55,8 @@ type runFlags struct {
 	pcap         string
 	metrics      string
 	emulate      string
+	rules        string
+	rules6       string
 }
 
 func newRunCmd() *cobra.Command {
@@ -102,6 +104,8 @@ drain for --grace, and exit 0. With COMMAND, it exits with COMMAND's status.`,
 	fl.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on ADDR (host:port, in the appliance's own namespace) at /metrics")
 	fl.StringVar(&f.emulate, "emulate", "", "link emulation on the container link (netem's meanings), e.g. delay=20ms,jitter=2ms,loss=1%,rate=100mbit,limit=1000; see `appliance emulate --help`; in = container to world, out = world to container")
 	fl.StringVar(&f.pcap, "pcap", "", "write every packet on the container link to FILE (pcap, tcpdump-readable)")
+	fl.StringVar(&f.rules, "rules", "", "iptables-save text applied before traffic flows (checked before anything starts)")
+	fl.StringVar(&f.rules6, "rules6", "", "ip6tables-save text applied before traffic flows")
 	return cmd
 }
 
@@ -115,6 +119,9 @@ func parseRun(f runFlags) (appliance.Options, error) {
 		return o, usagef("--mtu %d: want 1280..65535", f.mtu)
 	}
 	var err error
+	if o.Rules, err = readRules(f.rules, f.rules6); err != nil {
+		return o, err
+	}
 	if o.IPv4, err = parseLayout("--cidr", f.cidr, true); err != nil {
 		return o, err
 	}
@@ -310,6 +317,7 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 		})
 	})
 	handleEmulate(mux, em)
+	handleIptables(mux, gw.Firewall())
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		control.WriteJSON(w, http.StatusOK, status{
 			Name: f.name, Mode: "gateway", PID: os.Getpid(), Goroutines: runtime.NumGoroutine(),

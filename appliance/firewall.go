@@ -1,0 +1,546 @@
+package appliance
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/nsappliance/appliance/hooks"
+	"github.com/nsappliance/appliance/iptables"
+	"github.com/nsappliance/appliance/netstack"
+)
+
+// Firewall is the appliance's iptables: an IPv4 and an IPv6 rule set
+// evaluated at netstack's five hooks in netfilter's table order (raw,
+// conntrack, mangle, nat, filter, then SNAT and confirm), with connection
+// tracking, NAT and REJECT answers. Rule sets are replaced whole with one
+// atomic store: a packet sees either the old or the new set, never half.
+// Create it with NewFirewall; its methods are safe for concurrent use.
+type Firewall struct {
+	log *slog.Logger
+	s   *netstack.Stack
+	ns  *hooks.Netstack
+	reg *hooks.Registry
+	ct  *hooks.Conntrack
+	cur atomic.Pointer[ruleState]
+
+	// mu serialises edits (Apply, Exec, rollback).
+	mu sync.Mutex
+	// +checklocks:mu
+	pending *pendingApply
+
+	c fwCounters
+}
+
+// ruleState is one published pair of rule sets.
+type ruleState struct {
+	v4, v6 *iptables.Ruleset
+	// track turns connection tracking on: a rule looks at ct state or
+	// counts connections, or a nat table is loaded.
+	track bool
+}
+
+type fwCounters struct {
+	rejectSent, rejectFailed, natFailed atomic.Uint64
+}
+
+// pendingApply is an iptables-restore --rollback waiting for confirmation.
+type pendingApply struct {
+	prev  *ruleState
+	timer *time.Timer
+	id    uint64
+}
+
+// FirewallOptions configures NewFirewall.
+type FirewallOptions struct {
+	// Logger receives LOG target lines and state changes; nil means
+	// slog.Default().
+	Logger *slog.Logger
+	// MaxConns bounds the conntrack table (0: hooks' default).
+	MaxConns int
+}
+
+// NewFirewall attaches an empty firewall (everything accepted, tracking
+// off) to s.
+func NewFirewall(s *netstack.Stack, opts FirewallOptions) (*Firewall, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	fw := &Firewall{
+		log: log.With("component", "iptables"),
+		s:   s,
+		reg: hooks.NewRegistry(),
+		ct:  hooks.NewConntrack(hooks.ConntrackOptions{Max: opts.MaxConns}),
+	}
+	fw.cur.Store(&ruleState{v4: iptables.New(iptables.IPv4), v6: iptables.New(iptables.IPv6)})
+	if err := fw.register(); err != nil {
+		return nil, err
+	}
+	fw.ns = hooks.Attach(s.Stack, fw.reg)
+	return fw, nil
+}
+
+// Registry returns the hook registry, for more Go hook functions.
+func (fw *Firewall) Registry() *hooks.Registry { return fw.reg }
+
+// Conntrack returns the connection table.
+func (fw *Firewall) Conntrack() *hooks.Conntrack { return fw.ct }
+
+// Netstack returns the hooks' attachment to netstack (to run packets the
+// appliance handles outside netstack through the hooks).
+func (fw *Firewall) Netstack() *hooks.Netstack { return fw.ns }
+
+func (fw *Firewall) register() error {
+	table := func(name string) hooks.Func {
+		return func(p *hooks.Packet) hooks.Verdict { return fw.evalTable(name, p) }
+	}
+	nat := func(p *hooks.Packet) hooks.Verdict { return fw.ct.NAT(p, fw.chooseNAT) }
+	track := func(p *hooks.Packet) hooks.Verdict {
+		if p.Buf.NFConn != nil || !fw.cur.Load().track {
+			return hooks.Accept // already tracked (an answer we built), or off
+		}
+		return fw.ct.In(p)
+	}
+	ops := []hooks.Ops{
+		{Name: "raw", Hook: hooks.Prerouting, Priority: hooks.PriorityRaw, Fn: table(iptables.TableRaw)},
+		{Name: "conntrack_in", Hook: hooks.Prerouting, Priority: hooks.PriorityConntrack, Fn: track},
+		{Name: "mangle", Hook: hooks.Prerouting, Priority: hooks.PriorityMangle, Fn: table(iptables.TableMangle)},
+		{Name: "nat", Hook: hooks.Prerouting, Priority: hooks.PriorityDNAT, Fn: nat},
+
+		{Name: "mangle", Hook: hooks.Input, Priority: hooks.PriorityMangle, Fn: table(iptables.TableMangle)},
+		{Name: "filter", Hook: hooks.Input, Priority: hooks.PriorityFilter, Fn: table(iptables.TableFilter)},
+		{Name: "nat", Hook: hooks.Input, Priority: hooks.PrioritySNAT, Fn: nat},
+		{Name: "conntrack_confirm", Hook: hooks.Input, Priority: hooks.PriorityConntrackConfirm, Fn: fw.ct.Confirm},
+
+		{Name: "mangle", Hook: hooks.Forward, Priority: hooks.PriorityMangle, Fn: table(iptables.TableMangle)},
+		{Name: "filter", Hook: hooks.Forward, Priority: hooks.PriorityFilter, Fn: table(iptables.TableFilter)},
+
+		{Name: "raw", Hook: hooks.Output, Priority: hooks.PriorityRaw, Fn: table(iptables.TableRaw)},
+		{Name: "conntrack_in", Hook: hooks.Output, Priority: hooks.PriorityConntrack, Fn: track},
+		{Name: "mangle", Hook: hooks.Output, Priority: hooks.PriorityMangle, Fn: table(iptables.TableMangle)},
+		{Name: "nat", Hook: hooks.Output, Priority: hooks.PriorityDNAT, Fn: nat},
+		{Name: "filter", Hook: hooks.Output, Priority: hooks.PriorityFilter, Fn: table(iptables.TableFilter)},
+
+		{Name: "mangle", Hook: hooks.Postrouting, Priority: hooks.PriorityMangle, Fn: table(iptables.TableMangle)},
+		{Name: "nat", Hook: hooks.Postrouting, Priority: hooks.PrioritySNAT, Fn: nat},
+		{Name: "conntrack_confirm", Hook: hooks.Postrouting, Priority: hooks.PriorityConntrackConfirm, Fn: fw.ct.Confirm},
+	}
+	for _, o := range ops {
+		if _, err := fw.reg.Register(o); err != nil {
+			return fmt.Errorf("firewall: %w", err)
+		}
+	}
+	return nil
+}
+
+func (st *ruleState) of(f hooks.Family) *iptables.Ruleset {
+	if f == hooks.IPv6 {
+		return st.v6
+	}
+	return st.v4
+}
+
+// fill copies what rules look at from p into ip.
+func (fw *Firewall) fill(ip *iptables.Packet, p *hooks.Packet) {
+	ip.Family = iptables.Family(p.Family)
+	ip.Hook = iptables.Hook(p.Hook)
+	ip.InIface, ip.OutIface = p.InIface, p.OutIface
+	ip.Src, ip.Dst = p.Src, p.Dst
+	ip.Protocol = p.Proto
+	if p.HasL4 {
+		ip.SrcPort, ip.DstPort = p.SrcPort, p.DstPort
+		ip.TCPFlags = p.TCPFlags
+		ip.ICMPType, ip.ICMPCode = p.ICMPType, p.ICMPCode
+	}
+	if p.Proto == hooks.ProtoICMP || p.Proto == hooks.ProtoICMPv6 {
+		ip.SrcPort, ip.DstPort = 0, 0
+	}
+	ip.Length = p.Length
+	ip.Fragment = p.Fragment
+	ip.Mark = p.Buf.Mark
+	switch p.State {
+	case hooks.StateInvalid:
+		ip.CTState = iptables.CTInvalid
+	case hooks.StateNew:
+		ip.CTState = iptables.CTNew
+	case hooks.StateEstablished:
+		ip.CTState = iptables.CTEstablished
+	case hooks.StateRelated:
+		ip.CTState = iptables.CTRelated
+	default:
+		ip.CTState = iptables.CTUntracked
+	}
+	if p.Conn != nil {
+		snat, dnat := p.Conn.NATed()
+		if snat {
+			ip.CTState |= iptables.CTSNAT
+		}
+		if dnat {
+			ip.CTState |= iptables.CTDNAT
+		}
+		ip.ConnID = p.Conn.ID
+	}
+	ip.Conns = fw.ct
+}
+
+// evalTable runs one table at p's hook and executes its verdict.
+func (fw *Firewall) evalTable(table string, p *hooks.Packet) hooks.Verdict {
+	rs := fw.cur.Load().of(p.Family)
+	var ip iptables.Packet
+	fw.fill(&ip, p)
+	v := rs.Eval(table, &ip)
+	p.Buf.Mark = ip.Mark
+	switch v.Kind {
+	case iptables.Accept:
+		return hooks.Accept
+	case iptables.Reject:
+		fw.reject(p, v.Reject)
+		return hooks.Drop
+	case iptables.Drop:
+		return hooks.Drop
+	}
+	// NAT targets outside the nat table cannot be loaded; accept.
+	return hooks.Accept
+}
+
+// chooseNAT is the nat table for Conntrack.NAT: it runs the table for a
+// connection's first packet at this hook and turns its verdict into a
+// concrete rewrite.
+func (fw *Firewall) chooseNAT(p *hooks.Packet) (hooks.NATRange, bool, hooks.Verdict) {
+	rs := fw.cur.Load().of(p.Family)
+	var ip iptables.Packet
+	fw.fill(&ip, p)
+	v := rs.Eval(iptables.TableNAT, &ip)
+	p.Buf.Mark = ip.Mark
+	var r hooks.NATRange
+	switch v.Kind {
+	case iptables.Accept:
+		return r, false, hooks.Accept
+	case iptables.Drop:
+		return r, false, hooks.Drop
+	case iptables.Reject:
+		fw.reject(p, v.Reject)
+		return r, false, hooks.Drop
+	}
+	if v.NAT != nil {
+		r.Addr = v.NAT.MinAddr
+		r.MinPort, r.MaxPort = v.NAT.MinPort, v.NAT.MaxPort
+		if r.MaxPort < r.MinPort {
+			r.MaxPort = r.MinPort
+		}
+	}
+	switch v.Kind {
+	case iptables.Redirect:
+		// To the input interface's primary address; locally generated
+		// packets (OUTPUT) go to loopback.
+		if p.Hook == hooks.Output {
+			r.Addr = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+			if p.Family == hooks.IPv6 {
+				r.Addr = netip.IPv6Loopback()
+			}
+		} else if a, ok := fw.nicAddr(p.InNIC, p.Family); ok {
+			r.Addr = a
+		} else {
+			fw.c.natFailed.Add(1)
+			return r, false, hooks.Drop
+		}
+	case iptables.Masquerade:
+		var a netip.Addr
+		if p.Route != nil {
+			a = toAddr(p.Route.LocalAddress())
+		}
+		if !a.IsValid() || a.IsUnspecified() {
+			var ok bool
+			if a, ok = fw.nicAddr(p.OutNIC, p.Family); !ok {
+				fw.c.natFailed.Add(1)
+				return r, false, hooks.Drop
+			}
+		}
+		r.Addr = a
+	}
+	return r, true, hooks.Accept
+}
+
+func (fw *Firewall) nicAddr(nic tcpip.NICID, f hooks.Family) (netip.Addr, bool) {
+	if nic == 0 {
+		return netip.Addr{}, false
+	}
+	proto := header.IPv4ProtocolNumber
+	if f == hooks.IPv6 {
+		proto = header.IPv6ProtocolNumber
+	}
+	a, err := fw.s.GetMainNICAddress(nic, proto)
+	if err != nil || a.Address.Len() == 0 {
+		return netip.Addr{}, false
+	}
+	return toAddr(a.Address), true
+}
+
+// Rules returns the current IPv4 and IPv6 rule sets (immutable).
+func (fw *Firewall) Rules() (v4, v6 *iptables.Ruleset) {
+	st := fw.cur.Load()
+	return st.v4, st.v6
+}
+
+// needsTracking reports whether a rule set needs connection tracking.
+func needsTracking(rs *iptables.Ruleset) bool {
+	for _, t := range rs.Tables() {
+		for _, c := range t.Chains {
+			if t.Name == iptables.TableNAT && len(c.Rules) > 0 {
+				return true
+			}
+			for _, r := range c.Rules {
+				for _, m := range r.Matches {
+					switch m.Name() {
+					case "state", "conntrack", "connlimit":
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
+}
+
+// publish makes v4 and v6 the rule sets every packet sees from now on.
+func (fw *Firewall) publishLocked(v4, v6 *iptables.Ruleset) *ruleState {
+	v4.SetLogger(fw.log)
+	v6.SetLogger(fw.log)
+	st := &ruleState{v4: v4, v6: v6, track: needsTracking(v4) || needsTracking(v6)}
+	return fw.cur.Swap(st)
+}
+
+// Set replaces the rule sets (nil keeps that family's).
+func (fw *Firewall) Set(v4, v6 *iptables.Ruleset) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	cur := fw.cur.Load()
+	if v4 == nil {
+		v4 = cur.v4
+	}
+	if v6 == nil {
+		v6 = cur.v6
+	}
+	fw.publishLocked(v4, v6)
+}
+
+// RestoreOptions configures Restore.
+type RestoreOptions struct {
+	// IPv6 reads ip6tables-save text.
+	IPv6 bool
+	// Test only parses (iptables-restore --test).
+	Test bool
+	// NoFlush adds to the tables instead of replacing them.
+	NoFlush bool
+	// Rollback, if positive, restores the previous rule sets after this
+	// long unless Confirm is called first (iptables-apply).
+	Rollback time.Duration
+}
+
+// ErrNoPendingRollback is returned by Confirm when nothing waits.
+var ErrNoPendingRollback = errors.New("no iptables-restore --rollback is waiting for confirmation")
+
+// ErrRollbackPending is returned by Restore and Exec while an earlier
+// --rollback apply waits for confirmation.
+var ErrRollbackPending = errors.New("an iptables-restore --rollback is waiting for confirmation (confirm it or let it roll back first)")
+
+// Restore applies iptables-save text as iptables-restore does: all or
+// nothing, one atomic switch.
+func (fw *Firewall) Restore(r io.Reader, opts RestoreOptions) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	cur := fw.cur.Load()
+	base := cur.v4
+	if opts.IPv6 {
+		base = cur.v6
+	}
+	next, err := iptables.Restore(base, r, iptables.RestoreOptions{NoFlush: opts.NoFlush})
+	if err != nil {
+		return err
+	}
+	if opts.Test {
+		return nil
+	}
+	if fw.pending != nil {
+		return ErrRollbackPending
+	}
+	v4, v6 := cur.v4, cur.v6
+	if opts.IPv6 {
+		v6 = next
+	} else {
+		v4 = next
+	}
+	prev := fw.publishLocked(v4, v6)
+	fw.log.Info("rules applied", "family", next.Family(), "rollback", opts.Rollback)
+	if opts.Rollback > 0 {
+		p := &pendingApply{prev: prev}
+		p.timer = time.AfterFunc(opts.Rollback, func() { fw.rollback(p) })
+		fw.pending = p
+	}
+	return nil
+}
+
+func (fw *Firewall) rollback(p *pendingApply) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.pending != p {
+		return // confirmed meanwhile
+	}
+	fw.pending = nil
+	fw.publishLocked(p.prev.v4, p.prev.v6)
+	fw.log.Warn("rules rolled back: not confirmed in time")
+}
+
+// Confirm keeps the rules of a pending --rollback apply.
+func (fw *Firewall) Confirm() error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.pending == nil {
+		return ErrNoPendingRollback
+	}
+	fw.pending.timer.Stop()
+	fw.pending = nil
+	fw.log.Info("rules confirmed")
+	return nil
+}
+
+// Pending reports whether a --rollback apply waits for confirmation.
+func (fw *Firewall) Pending() bool {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	return fw.pending != nil
+}
+
+// Exec runs one iptables editing command (-A, -I, -D, -F, -N, -X, -P,
+// ...) against the family's rule set and publishes the result.
+func (fw *Firewall) Exec(ipv6 bool, cmd *iptables.Command) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.pending != nil {
+		return ErrRollbackPending
+	}
+	cur := fw.cur.Load()
+	v4, v6 := cur.v4, cur.v6
+	base := v4
+	if ipv6 {
+		base = v6
+	}
+	next, err := base.Exec(cmd)
+	if err != nil {
+		return err
+	}
+	if next == base {
+		return nil // -Z edits counters in place
+	}
+	if ipv6 {
+		v6 = next
+	} else {
+		v4 = next
+	}
+	fw.publishLocked(v4, v6)
+	return nil
+}
+
+// Close stops a pending rollback timer and detaches the hooks.
+func (fw *Firewall) Close() {
+	fw.mu.Lock()
+	if fw.pending != nil {
+		fw.pending.timer.Stop()
+		fw.pending = nil
+	}
+	fw.mu.Unlock()
+	fw.s.SetNFTablesConfigured(false)
+}
+
+// Counters returns the firewall's counters: per-hook packets and drops,
+// conntrack and REJECT answers.
+func (fw *Firewall) Counters() map[string]uint64 {
+	m := fw.reg.Counters()
+	st := &fw.ct.Stats
+	m["conntrack_found"] = st.Found.Load()
+	m["conntrack_new"] = st.New.Load()
+	m["conntrack_invalid"] = st.Invalid.Load()
+	m["conntrack_inserted"] = st.Inserted.Load()
+	m["conntrack_insert_failed"] = st.InsertFailed.Load()
+	m["conntrack_expired"] = st.Expired.Load()
+	m["conntrack_full"] = st.Full.Load()
+	m["conntrack_entries"] = uint64(fw.ct.Len())
+	m["reject_sent"] = fw.c.rejectSent.Load()
+	m["reject_failed"] = fw.c.rejectFailed.Load()
+	m["nat_failed"] = fw.c.natFailed.Load()
+	return m
+}
+
+// writeAnswer sends a packet the firewall built (a REJECT answer) out of
+// nic, through OUTPUT and POSTROUTING as Linux's ip_local_out would; orig's
+// connection goes with it (nf_ct_attach), so it is not tracked anew.
+func (fw *Firewall) writeAnswer(nic tcpip.NICID, proto tcpip.NetworkProtocolNumber, b []byte, netLen, l4Len int, orig *stack.PacketBuffer) {
+	pkt := newRawPacket(proto, b, netLen, l4Len)
+	defer pkt.DecRef()
+	pkt.NFConn = orig.NFConn
+	for _, h := range []hooks.Hook{hooks.Output, hooks.Postrouting} {
+		if !fw.ns.Run(h, pkt, 0, nic) {
+			return
+		}
+	}
+	if err := fw.s.WriteRawPacket(nic, proto, buffer.MakeWithView(pkt.ToView())); err != nil {
+		fw.c.rejectFailed.Add(1)
+		return
+	}
+	fw.c.rejectSent.Add(1)
+}
+
+// newRawPacket wraps a complete IP packet b in a packet buffer with its
+// network and transport headers parsed.
+func newRawPacket(proto tcpip.NetworkProtocolNumber, b []byte, netLen, l4Len int) *stack.PacketBuffer {
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
+	pkt.NetworkProtocolNumber = proto
+	pkt.NetworkHeader().Consume(netLen)
+	if proto == header.IPv4ProtocolNumber {
+		pkt.TransportProtocolNumber = tcpip.TransportProtocolNumber(b[9])
+	} else {
+		pkt.TransportProtocolNumber = tcpip.TransportProtocolNumber(b[6])
+	}
+	pkt.TransportHeader().Consume(l4Len)
+	return pkt
+}
+
+// RuleText is iptables-save (IPv4) and ip6tables-save (IPv6) text to
+// apply when a gateway or router starts, before any packet flows.
+type RuleText struct {
+	IPv4, IPv6 string
+}
+
+// newFirewallWith attaches a firewall to s and loads rules; a parse error
+// names the family and line.
+func newFirewallWith(s *netstack.Stack, rules RuleText, log *slog.Logger) (*Firewall, error) {
+	fw, err := NewFirewall(s, FirewallOptions{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	if rules.IPv4 != "" {
+		if err := fw.Restore(strings.NewReader(rules.IPv4), RestoreOptions{}); err != nil {
+			fw.Close()
+			return nil, fmt.Errorf("rules (iptables): %w", err)
+		}
+	}
+	if rules.IPv6 != "" {
+		if err := fw.Restore(strings.NewReader(rules.IPv6), RestoreOptions{IPv6: true}); err != nil {
+			fw.Close()
+			return nil, fmt.Errorf("rules (ip6tables): %w", err)
+		}
+	}
+	return fw, nil
+}

@@ -1,0 +1,303 @@
+//go:build integration
+
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+// helperFWServe serves the firewall probes until SIGTERM: on every TCP port
+// given it answers each connection with one line "peer=IP:PORT
+// local=IP:PORT" (what it saw, after any NAT) and waits for the client to
+// go; on every UDP port it answers each datagram with the same line.
+// Usage: fwserve PORT/tcp|PORT/udp...
+func helperFWServe(args []string) error {
+	var closers []func()
+	for _, a := range args {
+		port, proto, ok := strings.Cut(a, "/")
+		if !ok {
+			return fmt.Errorf("bad spec %q", a)
+		}
+		switch proto {
+		case "tcp":
+			ln, err := net.Listen("tcp", ":"+port)
+			if err != nil {
+				return err
+			}
+			closers = append(closers, func() { ln.Close() })
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					go func() {
+						defer c.Close()
+						fmt.Fprintf(c, "peer=%s local=%s\n", c.RemoteAddr(), c.LocalAddr())
+						c.SetReadDeadline(time.Now().Add(5 * time.Second))
+						var b [64]byte
+						for {
+							if _, err := c.Read(b[:]); err != nil {
+								return
+							}
+						}
+					}()
+				}
+			}()
+		case "udp":
+			pc, err := net.ListenPacket("udp", ":"+port)
+			if err != nil {
+				return err
+			}
+			closers = append(closers, func() { pc.Close() })
+			go func() {
+				b := make([]byte, 2048)
+				for {
+					_, from, err := pc.ReadFrom(b)
+					if err != nil {
+						return
+					}
+					// The local address needs IP_PKTINFO; the port is
+					// enough to see a DNAT.
+					fmt.Fprintf(pcWriter{pc, from}, "peer=%s local=:%s\n", from, port)
+				}
+			}()
+		default:
+			return fmt.Errorf("bad proto in %q", a)
+		}
+	}
+	fmt.Println("ready")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	for _, c := range closers {
+		c()
+	}
+	return nil
+}
+
+type pcWriter struct {
+	pc net.PacketConn
+	to net.Addr
+}
+
+func (w pcWriter) Write(b []byte) (int, error) { return w.pc.WriteTo(b, w.to) }
+
+// helperFWProbe runs probes concurrently and prints one sorted line per
+// probe: "NAME RESULT". A probe is NAME=tcp:[ADDR]:PORT, udp:..., or
+// ping:ADDR. Results: "ok peer=IP port=same|N local=IP:PORT" (what the
+// server saw), "ok" for a ping reply, an errno name (ECONNREFUSED,
+// EHOSTUNREACH, ...), "icmp TYPE/CODE" for a ping answered with an error,
+// or "timeout". TCP closes with a RST (linger 0) so every probe is the same
+// few packets on every run; nothing is retried.
+func helperFWProbe(args []string) error {
+	var mu sync.Mutex
+	var lines []string
+	var wg sync.WaitGroup
+	for _, a := range args {
+		name, spec, ok := strings.Cut(a, "=")
+		if !ok {
+			return fmt.Errorf("bad probe %q", a)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := fwProbe(spec)
+			mu.Lock()
+			lines = append(lines, name+" "+r)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	sort.Strings(lines)
+	for _, l := range lines {
+		fmt.Println(l)
+	}
+	return nil
+}
+
+// probeWait is how long a probe waits for an answer: under the kernel's
+// first SYN retransmission (1s), so a dropped probe is one packet.
+const probeWait = 700 * time.Millisecond
+
+func fwProbe(spec string) string {
+	proto, addr, _ := strings.Cut(spec, ":")
+	switch proto {
+	case "tcp":
+		d := net.Dialer{Timeout: probeWait}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			return errName(err)
+		}
+		tc := c.(*net.TCPConn)
+		defer func() {
+			tc.SetLinger(0)
+			tc.Close()
+		}()
+		tc.SetReadDeadline(time.Now().Add(probeWait))
+		b := make([]byte, 256)
+		n, err := tc.Read(b)
+		if err != nil {
+			return "connected-" + errName(err)
+		}
+		return okLine(string(b[:n]), tc.LocalAddr())
+	case "udp":
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			return errName(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte("probe")); err != nil {
+			return errName(err)
+		}
+		c.SetReadDeadline(time.Now().Add(probeWait))
+		b := make([]byte, 256)
+		n, err := c.Read(b)
+		if err != nil {
+			return errName(err)
+		}
+		return okLine(string(b[:n]), c.LocalAddr())
+	case "ping":
+		return ping(addr)
+	}
+	return "bad-probe"
+}
+
+// okLine turns the server's "peer=... local=..." into a line that is the
+// same on every run: the peer port only as "same" when NAT kept it.
+func okLine(s string, local net.Addr) string {
+	s = strings.TrimSpace(s)
+	var peer, loc string
+	for _, f := range strings.Fields(s) {
+		if v, ok := strings.CutPrefix(f, "peer="); ok {
+			peer = v
+		}
+		if v, ok := strings.CutPrefix(f, "local="); ok {
+			loc = v
+		}
+	}
+	host, port, err := net.SplitHostPort(peer)
+	if err != nil {
+		return "ok garbled=" + s
+	}
+	_, myPort, _ := net.SplitHostPort(local.String())
+	if port == myPort {
+		port = "same"
+	}
+	return fmt.Sprintf("ok peer=%s port=%s local=%s", host, port, loc)
+}
+
+func errName(err error) string {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timeout"
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		switch errno {
+		case syscall.ECONNREFUSED:
+			return "ECONNREFUSED"
+		case syscall.EHOSTUNREACH:
+			return "EHOSTUNREACH"
+		case syscall.ENETUNREACH:
+			return "ENETUNREACH"
+		case syscall.ECONNRESET:
+			return "ECONNRESET"
+		case syscall.EACCES:
+			return "EACCES"
+		case syscall.ENOPROTOOPT:
+			return "ENOPROTOOPT"
+		case syscall.EPROTO:
+			return "EPROTO"
+		}
+		return "errno-" + strconv.Itoa(int(errno))
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return "timeout"
+	}
+	return "error"
+}
+
+// ping sends one echo request and reports the answer.
+func ping(addr string) string {
+	ip := net.ParseIP(addr)
+	v6 := ip.To4() == nil
+	network, proto := "ip4:icmp", 1
+	if v6 {
+		network, proto = "ip6:ipv6-icmp", 58
+	}
+	c, err := icmp.ListenPacket(network, "")
+	if err != nil {
+		return "error-listen"
+	}
+	defer c.Close()
+	id := os.Getpid()&0x7fff ^ int(time.Now().UnixNano()&0x7fff)
+	var typ icmp.Type = ipv4.ICMPTypeEcho
+	if v6 {
+		typ = ipv6.ICMPTypeEchoRequest
+	}
+	m := icmp.Message{Type: typ, Body: &icmp.Echo{ID: id, Seq: 1, Data: []byte("fwprobe")}}
+	b, _ := m.Marshal(nil)
+	if _, err := c.WriteTo(b, &net.IPAddr{IP: ip}); err != nil {
+		return errName(err)
+	}
+	deadline := time.Now().Add(probeWait)
+	buf := make([]byte, 1500)
+	for {
+		c.SetReadDeadline(deadline)
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return "timeout"
+		}
+		rm, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil {
+			continue
+		}
+		switch body := rm.Body.(type) {
+		case *icmp.Echo:
+			if body.ID == id && (rm.Type == ipv4.ICMPTypeEchoReply || rm.Type == ipv6.ICMPTypeEchoReply) {
+				return "ok from=" + from.String()
+			}
+		case *icmp.DstUnreach:
+			if quotesID(body.Data, v6, id) {
+				return fmt.Sprintf("icmp %d/%d from=%s", icmpType(rm.Type), rm.Code, from)
+			}
+		}
+	}
+}
+
+func icmpType(t icmp.Type) int {
+	switch t := t.(type) {
+	case ipv4.ICMPType:
+		return int(t)
+	case ipv6.ICMPType:
+		return int(t)
+	}
+	return -1
+}
+
+// quotesID reports whether an ICMP error quotes our echo request.
+func quotesID(q []byte, v6 bool, id int) bool {
+	off := 20
+	if v6 {
+		off = 40
+	} else if len(q) > 0 {
+		off = int(q[0]&0xf) * 4
+	}
+	return len(q) >= off+6 && int(q[off+4])<<8|int(q[off+5]) == id
+}
