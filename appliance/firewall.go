@@ -59,7 +59,6 @@ type fwCounters struct {
 type pendingApply struct {
 	prev  *ruleState
 	timer *time.Timer
-	id    uint64
 }
 
 // FirewallOptions configures NewFirewall.

@@ -13,7 +13,6 @@ have ping || need+=(iputils-ping)
 have dig || need+=(dnsutils)
 have tcpdump || need+=(tcpdump)
 have iptables-nft-restore || need+=(iptables)
-have iptables-restore || need+=(iptables)
 have pasta || need+=(passt)
 have slirp4netns || need+=(slirp4netns)
 [ ${#need[@]} -eq 0 ] && exit 0
