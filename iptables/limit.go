@@ -131,9 +131,10 @@ func (k *bucket) take(now time.Time, cost, capacity time.Duration) bool {
 // the rule (xt_limit).
 type LimitMatch struct {
 	// Avg is the period between packets in 1/10000 s (XT_LIMIT_SCALE).
-	Avg    uint64
-	Burst  uint32
-	Invert bool
+	Avg      uint64
+	Burst    uint32
+	Invert   bool
+	burstSet bool
 
 	mu   sync.Mutex
 	init bool
@@ -145,7 +146,7 @@ func newLimitMatch() *LimitMatch {
 }
 
 func (m *LimitMatch) clone() *LimitMatch {
-	return &LimitMatch{Avg: m.Avg, Burst: m.Burst, Invert: m.Invert}
+	return &LimitMatch{Avg: m.Avg, Burst: m.Burst, Invert: m.Invert, burstSet: m.burstSet}
 }
 
 // Name implements Match.
@@ -172,6 +173,10 @@ func (m *LimitMatch) parse(p *ruleParser, opt string, inv bool) (bool, error) {
 		if err != nil || n > 10000 {
 			return true, p.errf(opt, "bad --limit-burst %q (0-10000)", v)
 		}
+		if m.burstSet {
+			return true, p.errf(opt, "only one --limit-burst allowed")
+		}
+		m.burstSet = true
 		m.Burst = uint32(n)
 	default:
 		return false, nil
@@ -179,7 +184,38 @@ func (m *LimitMatch) parse(p *ruleParser, opt string, inv bool) (bool, error) {
 	return true, nil
 }
 
-func (m *LimitMatch) finish(*ruleParser) error { return nil }
+func (m *LimitMatch) finish(*ruleParser) error {
+	// iptables-nft turns -m limit into nftables' native limit expression,
+	// which takes burst 0 as its default of 5 and has no xt_limit credit
+	// overflow check (xt_limit, in iptables-legacy, refuses both).
+	if m.Burst == 0 {
+		m.Burst = 5
+	}
+	return nil
+}
+
+// kernelHZ is CONFIG_HZ of the reference kernel. hashlimitCredits
+// reproduces xt_hashlimit's fixed-point overflow check, which depends on it.
+const kernelHZ = 250
+
+// pow2Below returns the largest power of two <= x (x > 0).
+func pow2Below(x uint64) uint64 {
+	p := uint64(1)
+	for p <= x/2 {
+		p *= 2
+	}
+	return p
+}
+
+// hashlimitCredits is xt_hashlimit's user2credits for revisions 2 and 3
+// (64-bit, wrapping as in the kernel).
+func hashlimitCredits(user uint64) uint64 {
+	hzcpj := kernelHZ * pow2Below(0xFFFFFFFFFFFFFFFF/(kernelHZ*60*60*24))
+	if hashlimitScale >= hzcpj {
+		return user / (hashlimitScale / hzcpj)
+	}
+	return user * (hzcpj / hashlimitScale)
+}
 
 func (m *LimitMatch) appendSave(b []byte) []byte {
 	b = append(b, " -m limit"...)
@@ -390,13 +426,12 @@ func (m *HashlimitMatch) finish(p *ruleParser) error {
 		// libxt_hashlimit: idle buckets expire after one rate unit.
 		m.Expire = m.unit * 1000
 	}
-	if m.Mode&(HashSrcPort|HashDstPort) != 0 {
-		switch p.rule.Proto {
-		case ProtoTCP, ProtoUDP, ProtoSCTP, 33, 136:
-		default:
-			// The kernel hashes ports only for port protocols; others
-			// get port 0, which is what Eval does too.
-		}
+	// xt_hashlimit's checkentry: the burst's credits must not overflow.
+	if m.Burst == 0 || hashlimitCredits(m.Avg*m.Burst) < hashlimitCredits(m.Avg) {
+		return p.errf("-m hashlimit", "overflow, try lower: %d/%d (the kernel refuses it with ERANGE)", m.Avg, m.Burst)
+	}
+	if m.Expire == 0 || m.GCInterval == 0 {
+		return p.errf("-m hashlimit", "--hashlimit-htable-expire and --hashlimit-htable-gcinterval must not be 0")
 	}
 	return nil
 }
