@@ -159,11 +159,14 @@ func (m *LimitMatch) parse(p *ruleParser, opt string, inv bool) (bool, error) {
 		if err != nil {
 			return true, err
 		}
+		if inv {
+			return true, p.errf(opt, "option \"--limit\" cannot be inverted")
+		}
 		avg, err := parseRate(v, limitScale)
 		if err != nil {
 			return true, p.errf(opt, "%v", err)
 		}
-		m.Avg, m.Invert = avg, inv
+		m.Avg = avg
 	case "--limit-burst":
 		v, err := p.arg(opt)
 		if err != nil {

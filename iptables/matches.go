@@ -457,10 +457,11 @@ func (m *ICMPMatch) parse(p *ruleParser, opt string, inv bool) (bool, error) {
 			return true, nil
 		}
 	}
-	// Unique prefixes of names are accepted, as iptables does.
+	// Unique prefixes of names are accepted, in any case, as iptables
+	// does.
 	var hit *icmpName
 	for i := range names {
-		if strings.HasPrefix(names[i].name, v) {
+		if len(v) <= len(names[i].name) && strings.EqualFold(names[i].name[:len(v)], v) {
 			if hit != nil {
 				return true, p.errf(opt, "ambiguous ICMP type %q", v)
 			}

@@ -371,6 +371,9 @@ func (p *ruleParser) parse() error {
 			if err := checkIface(v); err != nil {
 				return p.errf(opt, "%v", err)
 			}
+			if v == "+" && !inv {
+				v = "" // any interface, as the kernel stores it
+			}
 			if canon == "-i" {
 				r.InIface, r.InInvert = v, inv
 			} else {

@@ -131,6 +131,8 @@ func TestRuleArgErrors(t *testing.T) {
 		{IPv4, "-j REJECT --reject-with icmp6-no-route", "reject type"},
 		{IPv6, "-j REJECT --reject-with icmp-host-prohibited", "reject type"},
 		{IPv4, "-j LOG --log-level 9", "log level"},
+		{IPv4, "-j LOG --log-level warn", "log level"},
+		{IPv4, "-m limit ! --limit 1/s", "cannot be inverted"},
 		{IPv4, "-j LOG --log-prefix 0123456789012345678901234567890", "prefix"},
 		{IPv4, "-j MARK", "parameter required"},
 		{IPv4, "-j MARK --set-mark 1 --or-mark 2", "only one"},

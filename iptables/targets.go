@@ -237,8 +237,9 @@ func (t *LogTarget) parse(p *ruleParser, opt string, _ bool) (bool, error) {
 			t.Level = uint8(n)
 			return true, nil
 		}
+		// libxt_LOG's names ("panic" is emerg).
 		for i, n := range logLevels {
-			if n == v || v == "warn" && n == "warning" || v == "panic" && i == 0 || v == "err" && n == "error" {
+			if n == v || v == "panic" && i == 0 {
 				t.Level = uint8(i)
 				return true, nil
 			}

@@ -262,8 +262,10 @@ type Packet struct {
 	// Length is the IP packet's length: IPv4 total length, IPv6 payload
 	// length plus 40, as -m length and the byte counters see it.
 	Length int
-	// Fragment is true for an IPv4 fragment other than the first (what -f
-	// matches; ports and flags are not known for those).
+	// Fragment is true for a fragment other than the first (IPv4, or
+	// IPv6 with a fragment header at a non-zero offset): ports, TCP flags
+	// and ICMP types are not known for those, so port, flag and ICMP
+	// matches fail, as in the kernel. IPv4's -f matches it.
 	Fragment bool
 	// Mark is the packet mark (skb->mark); MARK rewrites it.
 	Mark uint32
