@@ -58,7 +58,8 @@ const (
 	cfOutInv
 	cfFragInv
 
-	// cfSlow are the checks matchIP makes.
+	// cfSlow are the checks of the cold part (ip_packet_match's
+	// addresses, interfaces and fragment flag).
 	cfSlow = cfSrc | cfDst | cfIn | cfOut | cfFrag
 )
 
@@ -378,27 +379,6 @@ func (x *evalPacket) time(p *Packet) time.Time {
 	return x.now
 }
 
-// matchIP is the fixed part of ipt_do_table's ip_packet_match.
-func (cr *crule) matchIP(c *ccold, p *Packet, x *evalPacket) bool {
-	f := cr.flags
-	if f&cfSrc != 0 && ((x.src.hi&c.srcMask.hi == c.src.hi && x.src.lo&c.srcMask.lo == c.src.lo) == (f&cfSrcInv != 0)) {
-		return false
-	}
-	if f&cfDst != 0 && ((x.dst.hi&c.dstMask.hi == c.dst.hi && x.dst.lo&c.dstMask.lo == c.dst.lo) == (f&cfDstInv != 0)) {
-		return false
-	}
-	if f&cfIn != 0 && c.in.match(&x.in) == (f&cfInInv != 0) {
-		return false
-	}
-	if f&cfOut != 0 && c.out.match(&x.out) == (f&cfOutInv != 0) {
-		return false
-	}
-	if f&cfFrag != 0 && p.Fragment == (f&cfFragInv != 0) {
-		return false
-	}
-	return true
-}
-
 // Eval runs p through table's built-in chain for p.Hook, as ipt_do_table
 // does, and returns the verdict. It counts the packet on every rule that
 // matches and on the policy if the policy decides, applies MARK and LOG on
@@ -451,9 +431,18 @@ func (rs *Ruleset) Eval(table string, p *Packet) Verdict {
 				i++
 				continue
 			}
-			if f&cfSlow != 0 && !cr.matchIP(&cold[i], p, x) {
-				i++
-				continue
+			if f&cfSlow != 0 {
+				// ip_packet_match's remaining checks, inline: a call
+				// costs as much as the checks.
+				c := &cold[i]
+				if f&cfSrc != 0 && ((x.src.hi&c.srcMask.hi == c.src.hi && x.src.lo&c.srcMask.lo == c.src.lo) == (f&cfSrcInv != 0)) ||
+					f&cfDst != 0 && ((x.dst.hi&c.dstMask.hi == c.dst.hi && x.dst.lo&c.dstMask.lo == c.dst.lo) == (f&cfDstInv != 0)) ||
+					f&cfIn != 0 && ((x.in[0]^c.in.name[0])&c.in.mask[0] == 0 && (x.in[1]^c.in.name[1])&c.in.mask[1] == 0) == (f&cfInInv != 0) ||
+					f&cfOut != 0 && ((x.out[0]^c.out.name[0])&c.out.mask[0] == 0 && (x.out[1]^c.out.name[1])&c.out.mask[1] == 0) == (f&cfOutInv != 0) ||
+					f&cfFrag != 0 && p.Fragment == (f&cfFragInv != 0) {
+					i++
+					continue
+				}
 			}
 		}
 		c := &cold[i]
