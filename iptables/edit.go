@@ -458,6 +458,8 @@ type tableEdit struct {
 	name   string
 	index  int
 	chains []*Chain // copies, free to modify
+	// counters applies counters of chain declarations (restore -c).
+	counters bool
 }
 
 func (rs *Ruleset) edit(ti int) *tableEdit {
@@ -527,7 +529,7 @@ func (te *tableEdit) declare(s string) error {
 		}
 		c.Policy = p
 		c.Counters = new(Counters)
-		if counters != nil {
+		if counters != nil && te.counters {
 			c.Counters.Set(counters[0], counters[1])
 		}
 		return nil

@@ -244,3 +244,23 @@ func TestListRulesAndCheck(t *testing.T) {
 		t.Errorf("-C of a missing rule: %v, want %v", err, ErrNoRule)
 	}
 }
+
+func TestRestoreCounters(t *testing.T) {
+	text := "*filter\n:INPUT ACCEPT [7:8]\n[1:2] -A INPUT -j ACCEPT\n-A INPUT -c 3 4 -j DROP\nCOMMIT\n"
+	for _, tc := range []struct {
+		counters bool
+		want     string
+	}{
+		{false, ":INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n[0:0] -A INPUT -j ACCEPT\n[3:4] -A INPUT -j DROP\n"},
+		{true, ":INPUT ACCEPT [7:8]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n[1:2] -A INPUT -j ACCEPT\n[3:4] -A INPUT -j DROP\n"},
+	} {
+		rs, err := Restore(New(IPv4), strings.NewReader(text), RestoreOptions{Counters: tc.counters})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "*filter\n" + tc.want + "COMMIT\n"
+		if got := saveString(t, rs, SaveOptions{Counters: true}); got != want {
+			t.Errorf("Restore(Counters: %v) (-want +got):\n%s", tc.counters, lineDiff(want, got))
+		}
+	}
+}

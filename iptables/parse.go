@@ -39,12 +39,12 @@ var ErrUnknownExtension = errors.New("unknown extension")
 const maxLineLen = 1 << 20
 
 // Parse reads iptables-save (f == IPv4) or ip6tables-save (f == IPv6) text,
-// as iptables-restore does: "*table" sections of ":CHAIN POLICY [p:b]"
+// as iptables-restore -c does: "*table" sections of ":CHAIN POLICY [p:b]"
 // declarations and commands (-A, -I, -N, -P, ...), each ended by COMMIT;
-// "[p:b]" rule prefixes set counters; '#' lines are comments. On any error
-// nothing is returned and the *ParseError names the line.
+// "[p:b]" prefixes and declarations set counters; '#' lines are comments.
+// On any error nothing is returned and the *ParseError names the line.
 func Parse(r io.Reader, f Family) (*Ruleset, error) {
-	return Restore(New(f), r, RestoreOptions{})
+	return Restore(New(f), r, RestoreOptions{Counters: true})
 }
 
 // RestoreOptions modify Restore.
@@ -53,6 +53,10 @@ type RestoreOptions struct {
 	// them (iptables-restore --noflush); otherwise each named table is
 	// replaced as a whole.
 	NoFlush bool
+	// Counters sets counters from "[packets:bytes]" prefixes and chain
+	// declarations (iptables-restore -c); without it they are ignored
+	// and counters start at zero. A rule's own "-c P B" always applies.
+	Counters bool
 }
 
 // Restore applies iptables-save text to base as iptables-restore does and
@@ -90,6 +94,7 @@ func Restore(base *Ruleset, r io.Reader, opts RestoreOptions) (*Ruleset, error) 
 				return nil, perr("", fmt.Errorf("table %q does not exist", name))
 			}
 			cur = rs.edit(ti)
+			cur.counters = opts.Counters
 			curLine = lineNo
 			touched = false
 			if !opts.NoFlush {
@@ -143,7 +148,7 @@ func Restore(base *Ruleset, r io.Reader, opts RestoreOptions) (*Ruleset, error) 
 			if err != nil {
 				return nil, err
 			}
-			if counters != nil {
+			if counters != nil && opts.Counters {
 				for _, r := range cmd.Rules {
 					r.Counters.Set(counters[0], counters[1])
 				}
