@@ -15,14 +15,19 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/nsappliance/appliance/cc"
 	"github.com/nsappliance/appliance/outcome"
 )
 
 // Options configures New. The zero value is the documented default.
 type Options struct {
 	// CongestionControl is the default TCP congestion control for new
-	// connections ("reno" or "cubic"). Empty means "cubic".
+	// connections, a name in CC. Empty means "cubic", or CC's fallback
+	// when CC has no cubic.
 	CongestionControl string
+	// CC supplies the congestion-control algorithms; nil means
+	// CongestionControls().
+	CC *cc.Registry
 	// Sysctl holds initial tunables by Linux name (see Sysctls), applied
 	// after the defaults. A bad key or value fails New.
 	Sysctl map[string]string
@@ -44,6 +49,7 @@ type Stack struct {
 	// classifier decides received packets' outcomes.
 	outcomes   *outcome.Table
 	classifier *classifier
+	cc         *cc.Registry
 }
 
 // New builds a stack with IPv4, IPv6, TCP, UDP and ICMP, SACK on,
@@ -64,13 +70,16 @@ func New(opts Options) (*Stack, error) {
 	}
 	ns.classifier = newClassifier(s.Stats())
 	ns.sysctl = newSysctls(ns)
+	if err := ns.installCC(opts.CC); err != nil {
+		s.Destroy()
+		return nil, err
+	}
 	defaults := []struct{ k, v string }{
 		{"net.ipv4.tcp_sack", "1"},
 		{"net.ipv4.tcp_moderate_rcvbuf", "1"},
 		{"net.ipv4.tcp_recovery", "0"},
 		{"net.ipv4.tcp_rmem", "4096 4194304 8388608"},
 		{"net.ipv4.tcp_wmem", "4096 4194304 8388608"},
-		{"net.ipv4.tcp_congestion_control", "cubic"},
 	}
 	for _, d := range defaults {
 		if err := ns.sysctl.set(d.k, d.v); err != nil {
@@ -78,8 +87,15 @@ func New(opts Options) (*Stack, error) {
 			return nil, fmt.Errorf("netstack default %s: %w", d.k, err)
 		}
 	}
-	if opts.CongestionControl != "" {
-		if err := ns.sysctl.set("net.ipv4.tcp_congestion_control", opts.CongestionControl); err != nil {
+	ccName := opts.CongestionControl
+	if ccName == "" {
+		ccName = "cubic"
+		if _, ok := ns.cc.Lookup(ccName); !ok {
+			ccName = ns.cc.Fallback() // Linux falls back to reno, too
+		}
+	}
+	{
+		if err := ns.sysctl.set("net.ipv4.tcp_congestion_control", ccName); err != nil {
 			s.Destroy()
 			return nil, err
 		}
