@@ -124,6 +124,10 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	if err := validateCCRoutes(opts.CCRoutes, s.CongestionControls().Check); err != nil {
+		s.Destroy()
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gateway{
 		opts:    opts,

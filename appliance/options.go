@@ -99,6 +99,9 @@ type Options struct {
 	// Rules is iptables-save / ip6tables-save text applied before the
 	// first packet (--rules); a parse error fails NewGateway.
 	Rules RuleText
+	// CCRoutes give TCP connections whose host-side destination is in a
+	// prefix their own congestion control (Linux: ip route ... congctl).
+	CCRoutes []CCRoute
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
 }

@@ -33,6 +33,15 @@ type Socket struct {
 	RTOms    int64  `json:"rto_ms,omitempty"`
 	Cwnd     uint32 `json:"cwnd,omitempty"`
 	Ssthresh uint32 `json:"ssthresh,omitempty"`
+	// Congestion control (ss -i, from gVisor patch 0005); rates in bytes/s.
+	MSS          uint32 `json:"mss,omitempty"`
+	MinRTTus     int64  `json:"min_rtt_us,omitempty"`
+	PacingRate   uint64 `json:"pacing_rate,omitempty"`
+	DeliveryRate uint64 `json:"delivery_rate,omitempty"`
+	Delivered    uint64 `json:"delivered,omitempty"`
+	Lost         uint64 `json:"lost,omitempty"`
+	Retrans      uint32 `json:"retrans,omitempty"`
+	AppLimited   bool   `json:"app_limited,omitempty"`
 }
 
 // tcpStates maps netstack's TCP states to the names ss prints.
@@ -90,6 +99,9 @@ func (g *Gateway) Sockets() []Socket {
 			var cc tcpip.CongestionControlOption
 			if err := ep.GetSockOpt(&cc); err == nil {
 				s.CC = string(cc)
+			}
+			if te, ok := ep.(*tcp.Endpoint); ok {
+				ccInfo(&s, te)
 			}
 		case udp.ProtocolNumber:
 			s.Proto = "udp"

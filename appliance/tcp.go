@@ -73,6 +73,11 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	tuneEndpoint(ep)
+	ccDst := dst.Addr()
+	if host.IsValid() {
+		ccDst = host.Addr()
+	}
+	g.applyCCRoute(ep, ccDst)
 	g.relayTCP(newNSConn(&wq, ep), h)
 }
 

@@ -46,6 +46,7 @@ type runFlags struct {
 	allowLoop    bool
 	publish      []string
 	cc           string
+	ccRoutes     []string
 	name         string
 	grace        time.Duration
 	noOffload    bool
@@ -95,6 +96,7 @@ drain for --grace, and exit 0. With COMMAND, it exits with COMMAND's status.`,
 	fl.BoolVar(&f.allowLoop, "allow-host-loopback", false, "let the gateway address reach the host's 127.0.0.1 / ::1 (denied by default)")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "[IP:]HOSTPORT:PORT[/tcp|/udp]: publish a container port on the host (repeatable)")
 	fl.StringVar(&f.cc, "cc", "cubic", "default TCP congestion control of netstack (see net.ipv4.tcp_available_congestion_control)")
+	fl.StringArrayVar(&f.ccRoutes, "cc-route", nil, "CIDR=NAME: TCP connections whose host-side destination is in CIDR use congestion control NAME (repeatable; longest prefix wins; like ip route ... congctl)")
 	fl.StringVar(&f.name, "name", "default", "instance name; the control socket is /run/appliance/NAME.sock")
 	fl.DurationVar(&f.grace, "grace", 10*time.Second, "on SIGINT/SIGTERM, how long open connections may drain before they are cut")
 	fl.BoolVar(&f.noOffload, "no-offload", false, "open the TUN without virtio-net header offloads (checksum, TSO, USO)")
@@ -166,6 +168,16 @@ func parseRun(f runFlags) (appliance.Options, error) {
 	o.MaxUDPFlows = f.maxUDP
 	o.UDPIdleTimeout = f.udpIdle
 	o.Stack = netstack.Options{CongestionControl: f.cc}
+	for _, s := range f.ccRoutes {
+		r, err := appliance.ParseCCRoute(s)
+		if err != nil {
+			return o, usagef("--cc-route %q: %v", s, err)
+		}
+		if err := netstack.CongestionControls().Check(r.CC); err != nil {
+			return o, usagef("--cc-route %q: %v", s, err)
+		}
+		o.CCRoutes = append(o.CCRoutes, r)
+	}
 	return o, checkCC(f.cc)
 }
 

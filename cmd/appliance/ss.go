@@ -74,8 +74,7 @@ func printSS(w io.Writer, socks []appliance.Socket, f ssFlags) {
 			d = append(d, fmt.Sprintf("skmem:(r%d,rb%d,t%d,tb%d)", s.RecvQ, s.RcvBuf, s.SendQ, s.SndBuf))
 		}
 		if f.info && s.Proto == "tcp" {
-			d = append(d, fmt.Sprintf("%s rto:%d rtt:%.3f/%.3f cwnd:%d ssthresh:%d", s.CC, s.RTOms,
-				float64(s.RTTus)/1000, float64(s.RTTVarus)/1000, s.Cwnd, s.Ssthresh))
+			d = append(d, ssInfo(s))
 		}
 		details = append(details, d)
 	}

@@ -1,0 +1,24 @@
+package main
+
+import (
+	"testing"
+
+	"github.com/nsappliance/appliance/appliance"
+)
+
+func TestSSInfo(t *testing.T) {
+	for _, tc := range []struct {
+		s    appliance.Socket
+		want string
+	}{
+		{appliance.Socket{CC: "cubic", RTOms: 240, RTTus: 40512, RTTVarus: 2100, MSS: 1448, Cwnd: 10, Ssthresh: 20,
+			PacingRate: 150e6, DeliveryRate: 112_500_000, Delivered: 123, Lost: 2, MinRTTus: 40100},
+			"cubic rto:240 rtt:40.512/2.1 mss:1448 cwnd:10 ssthresh:20 pacing_rate 1.2Gbps delivery_rate 900.0Mbps delivered:123 lost:2 minrtt:40.1"},
+		{appliance.Socket{CC: "reno", RTOms: 200, RTTus: 1000, Cwnd: 10, AppLimited: true, Delivered: 1},
+			"reno rto:200 rtt:1/0 cwnd:10 delivered:1 app_limited"},
+	} {
+		if got := ssInfo(tc.s); got != tc.want {
+			t.Errorf("ssInfo =\n %q, want\n %q", got, tc.want)
+		}
+	}
+}
