@@ -34,6 +34,7 @@ type Socket struct {
 	Cwnd     uint32 `json:"cwnd,omitempty"`
 	Ssthresh uint32 `json:"ssthresh,omitempty"`
 	// Congestion control (ss -i, from gVisor patch 0005); rates in bytes/s.
+	Wscale       string `json:"wscale,omitempty"` // "snd,rcv"
 	MSS          uint32 `json:"mss,omitempty"`
 	MinRTTus     int64  `json:"min_rtt_us,omitempty"`
 	PacingRate   uint64 `json:"pacing_rate,omitempty"`

@@ -1,6 +1,7 @@
 package appliance
 
 import (
+	"fmt"
 	"math"
 
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -21,6 +22,7 @@ func ccInfo(s *Socket, ep *tcp.Endpoint) {
 	if ci.SRTT > 0 {
 		s.RTTus = ci.SRTT.Microseconds() // per-segment samples: finer than the 1 ms timestamp clock
 	}
+	s.Wscale = fmt.Sprintf("%d,%d", ci.SndWscale, ci.RcvWscale)
 	s.MSS = ci.MSS
 	s.MinRTTus = ci.MinRTT.Microseconds()
 	s.PacingRate = ci.PacingRate

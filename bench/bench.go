@@ -72,6 +72,8 @@ type Config struct {
 
 	// senderCC is CC when the kernel offers it, for iperf3 -C.
 	senderCC string
+	// downOnly measures only the download (CC matrix).
+	downOnly bool
 }
 
 // Result is one row of the table: one path at one MTU.
@@ -251,6 +253,9 @@ func measurePath(ctx context.Context, cfg *Config, path string, mtu int) Result 
 		if ctx.Err() != nil {
 			return r
 		}
+		if cfg.downOnly && !dir.rev {
+			continue
+		}
 		progress("iperf3 %s for %v", dir.name, cfg.Time)
 		if !cfg.Series {
 			g, err := e.iperf(ctx, cfg.Time, dir.rev)
@@ -272,7 +277,7 @@ func measurePath(ctx context.Context, cfg *Config, path string, mtu int) Result 
 			fail("iperf3 "+dir.name, err)
 		}
 	}
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || cfg.downOnly {
 		return r
 	}
 	progress("rr for %v", cfg.RRTime)

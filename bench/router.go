@@ -69,7 +69,9 @@ func (e *env) setupRouter(cfg *Config, mtu int) error {
 	}
 	h, c, s := ns[0], ns[1], ns[2]
 	args := []string{"--name", testbed.UniqueName("bench"), "--mtu", fmt.Sprint(mtu), "--no-ipv6", "--log-level", "warn"}
-	if cfg.CC != "" {
+	// The CC matrix names the kernel's algorithm here, which the
+	// appliance's own registry need not have (forwarding does not use it).
+	if cfg.CC != "" && !cfg.downOnly {
 		args = append(args, "--cc", cfg.CC)
 	}
 	if cfg.Emulate != "" {

@@ -46,6 +46,10 @@ type Transfer struct {
 	RTTMeanMs float64 `json:"rtt_mean_ms,omitempty"`
 	RTTP95Ms  float64 `json:"rtt_p95_ms,omitempty"`
 	RTTSource string  `json:"rtt_source,omitempty"`
+	// PingMeanMs and PingP95Ms summarize ping's RTTs during the run
+	// (through the same queues as the transfer), whatever RTTSource is.
+	PingMeanMs float64 `json:"ping_mean_ms,omitempty"`
+	PingP95Ms  float64 `json:"ping_p95_ms,omitempty"`
 	// Emulated says whether the path had link emulation whose counters
 	// were read; QueueDrops (tail drop + CoDel) and Lost (random or
 	// Gilbert-Elliott loss) are the emulation's drops during the run, both
@@ -166,6 +170,10 @@ func rttStats(samples []time.Duration) (mean, p95 time.Duration) {
 // summarizeRTT fills the RTT summary from the TCP_INFO series or, when
 // that is empty, from ping's samples.
 func (r *Transfer) summarizeRTT(ping []time.Duration) {
+	if len(ping) > 0 {
+		mean, p95 := rttStats(ping)
+		r.PingMeanMs, r.PingP95Ms = float64(mean)/float64(time.Millisecond), float64(p95)/float64(time.Millisecond)
+	}
 	var samples []time.Duration
 	src := "tcp_info"
 	for _, p := range r.RTTms {

@@ -28,6 +28,12 @@ type Options struct {
 	// (emulation_loss, queue_full; not_specified for packets held at
 	// Close), so the link's packet accounting stays complete.
 	Outcomes *outcome.Link
+	// AfterDeliver, if set, runs on the in direction's goroutine after
+	// each batch it delivers to the stack, as tun.EndpointOptions.AfterBatch
+	// does on the TUN reader: where deferred TCP processing
+	// (tcp.ProcessDeferred) belongs. Without it, delayed inbound segments
+	// (ACKs) wait for the next TUN batch.
+	AfterDeliver func()
 }
 
 // Link is a link endpoint that emulates Spec on each direction of the
@@ -39,9 +45,10 @@ type Options struct {
 type Link struct {
 	netstack.WrappedLink // GSO passes through
 
-	clock   Clock
-	log     *slog.Logger
-	out, in *direction
+	clock        Clock
+	log          *slog.Logger
+	afterDeliver func()
+	out, in      *direction
 
 	// dispatcher is the stack's, read per packet.
 	dispatcher atomic.Pointer[stack.NetworkDispatcher]
@@ -77,7 +84,7 @@ func New(lower stack.LinkEndpoint, spec Spec, opts Options) (*Link, error) {
 		opts.Logger = slog.Default()
 	}
 	l := &Link{WrappedLink: netstack.WrappedLink{LinkEndpoint: lower}, clock: opts.Clock, log: opts.Logger.With("component", "emulate"),
-		spec: spec, stop: make(chan struct{})}
+		spec: spec, stop: make(chan struct{}), afterDeliver: opts.AfterDeliver}
 	l.out = newDirection("out", spec, l.clock, l.writeOut)
 	l.in = newDirection("in", spec, l.clock, l.deliverIn)
 	l.out.acct, l.out.hook = opts.Outcomes, outcome.HookEgress
@@ -187,8 +194,12 @@ func (l *Link) Attach(d stack.NetworkDispatcher) {
 	l.LinkEndpoint.Attach((*inbound)(l))
 }
 
-// deliverIn hands the in direction's due packets to the stack.
+// deliverIn hands the in direction's due packets to the stack, then runs
+// AfterDeliver.
 func (l *Link) deliverIn(batch []item) {
+	if l.afterDeliver != nil {
+		defer l.afterDeliver()
+	}
 	d := l.dispatcher.Load()
 	for _, it := range batch {
 		if d != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/nsappliance/appliance/cc"
+	"github.com/nsappliance/appliance/cc/bbr"
 	"github.com/nsappliance/appliance/cc/ccgvisor"
 	"github.com/nsappliance/appliance/cc/cubic"
 	"github.com/nsappliance/appliance/cc/reno"
@@ -22,7 +23,7 @@ func CongestionControls() *cc.Registry {
 		f    cc.Factory
 	}{
 		{"cubic", cubic.New},
-		// bbr: add {"bbr", bbr.New} here once cc/bbr lands.
+		{"bbr", bbr.New},
 	} {
 		if err := r.Register(a.name, a.f); err != nil {
 			panic(err)

@@ -14,12 +14,15 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/nsappliance/appliance/cc"
+	"github.com/nsappliance/appliance/cc/bbr"
 )
 
 // Compile-time checks that the patch's types match the interface.
 var (
 	_ cc.Sender            = (*tcp.CCSender)(nil)
 	_ cc.CwndLimitedSender = (*tcp.CCSender)(nil)
+	_ bbr.AppLimitedMarker = (*tcp.CCSender)(nil)
+	_ bbr.DepartureTimer   = (*tcp.CCSender)(nil)
 	_                      = (*cc.RateSample)((*tcp.RateSample)(nil))
 	_ tcp.CongestionOps    = (*ops)(nil)
 )

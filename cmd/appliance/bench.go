@@ -26,6 +26,7 @@ func newBenchCmd() *cobra.Command {
 		asJSON                                 bool
 		conns                                  string
 		connsKernel                            bool
+		mx                                     matrixFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -64,6 +65,9 @@ throughput and RTT over time into an SVG file, one line per run.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if conns != "" {
 				return benchConns(cmd, conns, connsKernel, asJSON)
+			}
+			if mx.on {
+				return runCCMatrix(cmd, mx, emulate, dur, cmd.Flags().Changed("time"), asJSON)
 			}
 			cfg := bench.Config{Mode: mode, CC: cc, Emulate: emulate, Series: plot != "", Time: dur, RRTime: rrDur, Progress: os.Stderr}
 			if emulate != "" {
@@ -142,6 +146,7 @@ throughput and RTT over time into an SVG file, one line per run.`,
 	fl.StringVar(&conns, "conns", "", "instead of throughput: hold this many idle TCP connections through the appliance (comma-separated counts, e.g. 10000,50000) and report memory per connection and growth after they close")
 	fl.BoolVar(&connsKernel, "conns-kernel", true, "with --conns, also measure the kernel's own cost on a veth pair")
 	fl.StringVar(&plot, "plot", "", "draw each iperf3 run's throughput and RTT over time into this SVG file")
+	mx.flags(fl)
 	return cmd
 }
 

@@ -281,7 +281,11 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	}
 	// Always wrapped, so `appliance emulate` can turn emulation on later;
 	// an empty spec passes packets straight through.
-	em, err := emulate.New(link, spec, emulate.Options{Logger: log, Outcomes: linkOut})
+	emOpts := emulate.Options{Logger: log, Outcomes: linkOut}
+	if deferTCP {
+		emOpts.AfterDeliver = tcp.ProcessDeferred // delayed ACKs are handled when they arrive
+	}
+	em, err := emulate.New(link, spec, emOpts)
 	if err != nil {
 		ep.Close()
 		return err

@@ -8,12 +8,15 @@ import (
 )
 
 // ssInfo is the -i line of a TCP socket in Linux ss's format and order:
-// "cubic rto:204 rtt:40.5/2.1 mss:1448 cwnd:10 ssthresh:20 pacing_rate
+// "cubic wscale:7,7 rto:204 rtt:40.5/2.1 mss:1448 cwnd:10 ssthresh:20 pacing_rate
 // 1.2Gbps delivery_rate 900Mbps delivered:123 lost:2 app_limited
 // minrtt:40.1" (ssthresh is left out while infinite, as ss does).
 func ssInfo(s appliance.Socket) string {
 	var b strings.Builder
 	b.WriteString(s.CC)
+	if s.Wscale != "" {
+		fmt.Fprintf(&b, " wscale:%s", s.Wscale)
+	}
 	fmt.Fprintf(&b, " rto:%d rtt:%s/%s", s.RTOms, msec(s.RTTus), msec(s.RTTVarus))
 	if s.MSS > 0 {
 		fmt.Fprintf(&b, " mss:%d", s.MSS)

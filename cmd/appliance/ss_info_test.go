@@ -11,9 +11,9 @@ func TestSSInfo(t *testing.T) {
 		s    appliance.Socket
 		want string
 	}{
-		{appliance.Socket{CC: "cubic", RTOms: 240, RTTus: 40512, RTTVarus: 2100, MSS: 1448, Cwnd: 10, Ssthresh: 20,
+		{appliance.Socket{CC: "cubic", Wscale: "7,9", RTOms: 240, RTTus: 40512, RTTVarus: 2100, MSS: 1448, Cwnd: 10, Ssthresh: 20,
 			PacingRate: 150e6, DeliveryRate: 112_500_000, Delivered: 123, Lost: 2, MinRTTus: 40100},
-			"cubic rto:240 rtt:40.512/2.1 mss:1448 cwnd:10 ssthresh:20 pacing_rate 1.2Gbps delivery_rate 900.0Mbps delivered:123 lost:2 minrtt:40.1"},
+			"cubic wscale:7,9 rto:240 rtt:40.512/2.1 mss:1448 cwnd:10 ssthresh:20 pacing_rate 1.2Gbps delivery_rate 900.0Mbps delivered:123 lost:2 minrtt:40.1"},
 		{appliance.Socket{CC: "reno", RTOms: 200, RTTus: 1000, Cwnd: 10, AppLimited: true, Delivered: 1},
 			"reno rto:200 rtt:1/0 cwnd:10 delivered:1 app_limited"},
 	} {

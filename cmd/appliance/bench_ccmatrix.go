@@ -1,0 +1,74 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/nsappliance/appliance/bench"
+)
+
+// matrixFlags are bench's --cc-matrix options.
+type matrixFlags struct {
+	on           bool
+	algs, losses string
+	extra        []string
+}
+
+func (m *matrixFlags) flags(fl *pflag.FlagSet) {
+	fl.BoolVar(&m.on, "cc-matrix", false, "congestion-control matrix instead of the path table: for each --cc-list algorithm and --loss-list rate, one download (iperf3 -R) across --emulate (default rate=100mbit,delay=20ms) plus loss, netstack sending (gateway mode) vs the kernel sending (router mode, iperf3 -C); prints a Markdown table (--time per cell, default 10s)")
+	fl.StringVar(&m.algs, "cc-list", "reno,cubic,bbr", "--cc-matrix: algorithms (comma-separated)")
+	fl.StringVar(&m.losses, "loss-list", "0,0.1,1,2,5", "--cc-matrix: loss percentages (comma-separated)")
+	fl.StringArrayVar(&m.extra, "cc-extra", nil, "--cc-matrix: another emulation SPEC measured at loss 0, e.g. rate=100mbit,delay=20ms,limit=2000 for RTT inflation (repeatable)")
+}
+
+func runCCMatrix(cmd *cobra.Command, m matrixFlags, emulate string, dur time.Duration, durSet, asJSON bool) error {
+	mc := bench.MatrixConfig{Emulate: emulate, Extra: m.extra, Progress: os.Stderr}
+	if durSet {
+		mc.Time = dur
+	}
+	mc.Algorithms = benchSplitList(m.algs)
+	if len(mc.Algorithms) == 0 {
+		return usagef("--cc-list: empty list")
+	}
+	for _, s := range benchSplitList(m.losses) {
+		l, err := strconv.ParseFloat(s, 64)
+		if err != nil || l < 0 || l >= 100 {
+			return usagef("--loss-list %q: want percentages in [0, 100)", s)
+		}
+		mc.Losses = append(mc.Losses, l)
+	}
+	for _, spec := range append([]string{emulate}, m.extra...) {
+		if spec == "" {
+			continue
+		}
+		if _, err := parseEmulate(spec); err != nil {
+			return err
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	mc.Bin = exe
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rows, err := bench.RunCCMatrix(ctx, mc)
+	if asJSON {
+		enc := json.NewEncoder(cmd.OutOrStdout())
+		enc.SetIndent("", "  ")
+		if jerr := enc.Encode(rows); jerr != nil {
+			return jerr
+		}
+	} else {
+		bench.WriteMatrix(cmd.OutOrStdout(), rows)
+	}
+	return err
+}
