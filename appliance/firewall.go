@@ -47,8 +47,19 @@ type Firewall struct {
 type ruleState struct {
 	v4, v6 *iptables.Ruleset
 	// track turns connection tracking on: a rule looks at ct state or
-	// counts connections, or a nat table is loaded.
-	track bool
+	// counts connections, or has a NAT target. As in Linux, where those
+	// matches and targets load conntrack into the namespace, nothing else
+	// does: without them no packet has a connection and the nat table
+	// is never traversed. Per family, as Linux loads conntrack per
+	// family (nf_ct_netns_get).
+	track4, track6 bool
+}
+
+func (st *ruleState) tracks(f hooks.Family) bool {
+	if f == hooks.IPv6 {
+		return st.track6
+	}
+	return st.track4
 }
 
 type fwCounters struct {
@@ -107,7 +118,7 @@ func (fw *Firewall) register() error {
 	}
 	nat := func(p *hooks.Packet) hooks.Verdict { return fw.ct.NAT(p, fw.chooseNAT) }
 	track := func(p *hooks.Packet) hooks.Verdict {
-		if p.Buf.NFConn != nil || !fw.cur.Load().track {
+		if p.Buf.NFConn != nil || !fw.cur.Load().tracks(p.Family) {
 			return hooks.Accept // already tracked (an answer we built), or off
 		}
 		return fw.ct.In(p)
@@ -297,10 +308,13 @@ func (fw *Firewall) Rules() (v4, v6 *iptables.Ruleset) {
 func needsTracking(rs *iptables.Ruleset) bool {
 	for _, t := range rs.Tables() {
 		for _, c := range t.Chains {
-			if t.Name == iptables.TableNAT && len(c.Rules) > 0 {
-				return true
-			}
 			for _, r := range c.Rules {
+				if r.Target != nil {
+					switch r.Target.Name() {
+					case "DNAT", "SNAT", "MASQUERADE", "REDIRECT":
+						return true
+					}
+				}
 				for _, m := range r.Matches {
 					switch m.Name() {
 					case "state", "conntrack", "connlimit":
@@ -317,7 +331,7 @@ func needsTracking(rs *iptables.Ruleset) bool {
 func (fw *Firewall) publishLocked(v4, v6 *iptables.Ruleset) *ruleState {
 	v4.SetLogger(fw.log)
 	v6.SetLogger(fw.log)
-	st := &ruleState{v4: v4, v6: v6, track: needsTracking(v4) || needsTracking(v6)}
+	st := &ruleState{v4: v4, v6: v6, track4: needsTracking(v4), track6: needsTracking(v6)}
 	return fw.cur.Swap(st)
 }
 
@@ -483,12 +497,17 @@ func (fw *Firewall) Counters() map[string]uint64 {
 }
 
 // writeAnswer sends a packet the firewall built (a REJECT answer) out of
-// nic, through OUTPUT and POSTROUTING as Linux's ip_local_out would; orig's
-// connection goes with it (nf_ct_attach), so it is not tracked anew.
-func (fw *Firewall) writeAnswer(nic tcpip.NICID, proto tcpip.NetworkProtocolNumber, b []byte, netLen, l4Len int, orig *stack.PacketBuffer) {
+// nic, through OUTPUT and POSTROUTING as Linux's ip_local_out would. A RST
+// carries orig's connection (nf_ct_attach: ESTABLISHED, other direction,
+// so NAT undoes orig's rewrite); an ICMP error (attach false) is tracked
+// on its own and found RELATED to a confirmed connection, as icmp_send's
+// packets are.
+func (fw *Firewall) writeAnswer(nic tcpip.NICID, proto tcpip.NetworkProtocolNumber, b []byte, netLen, l4Len int, orig *stack.PacketBuffer, attach bool) {
 	pkt := newRawPacket(proto, b, netLen, l4Len)
 	defer pkt.DecRef()
-	pkt.NFConn = orig.NFConn
+	if attach {
+		hooks.AttachAnswer(pkt, orig)
+	}
 	for _, h := range []hooks.Hook{hooks.Output, hooks.Postrouting} {
 		if !fw.ns.Run(h, pkt, 0, nic) {
 			return

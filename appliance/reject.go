@@ -82,7 +82,7 @@ func (fw *Firewall) sendReset(p *hooks.Packet, nic tcpip.NICID) {
 	src, dst := tcpip.AddrFromSlice(p.Dst.AsSlice()), tcpip.AddrFromSlice(p.Src.AsSlice())
 	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(tcp)))
 	header.TCP(b[netLen:]).SetChecksum(^checksum.Checksum(b[netLen:], xsum))
-	fw.writeAnswer(nic, proto, b, netLen, header.TCPMinimumSize, p.Buf)
+	fw.writeAnswer(nic, proto, b, netLen, header.TCPMinimumSize, p.Buf, true)
 }
 
 // sendUnreachable builds icmp_send's / icmp6_send's destination
@@ -112,7 +112,7 @@ func (fw *Firewall) sendUnreachable(p *hooks.Packet, nic tcpip.NICID, with iptab
 		copy(icmp[header.ICMPv4MinimumSize:], quote)
 		binary.BigEndian.PutUint16(icmp[2:], ^checksum.Checksum(icmp, 0))
 		b, netLen, proto := ipPacket(p.Family, src, p.Src, hooks.ProtoICMP, icmp)
-		fw.writeAnswer(nic, proto, b, netLen, header.ICMPv4MinimumSize, p.Buf)
+		fw.writeAnswer(nic, proto, b, netLen, header.ICMPv4MinimumSize, p.Buf, false)
 		return
 	}
 	if max := icmp6ErrorMax - header.IPv6MinimumSize - header.ICMPv6DstUnreachableMinimumSize; len(quote) > max {
@@ -126,7 +126,7 @@ func (fw *Firewall) sendUnreachable(p *hooks.Packet, nic tcpip.NICID, with iptab
 	s6, d6 := tcpip.AddrFromSlice(src.AsSlice()), tcpip.AddrFromSlice(p.Src.AsSlice())
 	xsum := header.PseudoHeaderChecksum(header.ICMPv6ProtocolNumber, s6, d6, uint16(len(icmp)))
 	binary.BigEndian.PutUint16(b[netLen+2:], ^checksum.Checksum(b[netLen:], xsum))
-	fw.writeAnswer(nic, proto, b, netLen, header.ICMPv6DstUnreachableMinimumSize, p.Buf)
+	fw.writeAnswer(nic, proto, b, netLen, header.ICMPv6DstUnreachableMinimumSize, p.Buf, false)
 }
 
 func icmp4Code(w iptables.RejectWith) uint8 {

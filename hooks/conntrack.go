@@ -2,6 +2,8 @@ package hooks
 
 import (
 	"net/netip"
+
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -577,5 +579,23 @@ func (ct *Conntrack) sweep(s *ctShard, now int64) {
 	for _, c := range dead {
 		ct.remove(c)
 		ct.Stats.Expired.Add(1)
+	}
+}
+
+// AttachAnswer gives answer, a packet built in reply to orig (a REJECT's
+// TCP RST), orig's connection as RELATED in the opposite direction, as
+// nf_ct_attach does: NAT then undoes orig's rewrite on it (and, if orig
+// never reached POSTROUTING, the nat table sees the answer there). An
+// untracked orig leaves answer to be tracked on its own.
+func AttachAnswer(answer, orig *stack.PacketBuffer) {
+	r, ok := orig.NFConn.(*ctRef)
+	if !ok || r == nil || r.c == nil {
+		answer.NFConn = nil
+		return
+	}
+	if r.dir == DirOriginal {
+		answer.NFConn = &r.c.refs[refRelatedReply]
+	} else {
+		answer.NFConn = &r.c.refs[refRelated]
 	}
 }

@@ -42,7 +42,10 @@ func (ct *Conntrack) NAT(p *Packet, choose NATChooser) Verdict {
 	if m == ManipDst {
 		done = stDstNATDone
 	}
-	if p.State == StateNew && !c.confirmed() && c.status.Load()&done == 0 {
+	// Only a connection's first packets see the nat table: NEW ones, and
+	// RELATED ones (an answer the firewall attached) before the binding
+	// for this manipulation exists. A confirmed connection has both.
+	if (p.State == StateNew || p.State == StateRelated) && !c.confirmed() && c.status.Load()&done == 0 {
 		if choose != nil {
 			r, ok, v := choose(p)
 			if v != Accept {
@@ -50,7 +53,14 @@ func (ct *Conntrack) NAT(p *Packet, choose NATChooser) Verdict {
 			}
 			if ok {
 				ct.setupNAT(c, m, r)
+			} else if m == ManipSrc {
+				// A null binding still needs a unique reply tuple:
+				// two connections that DNAT made identical get
+				// different source ports (nf_nat_alloc_null_binding).
+				ct.setupNAT(c, m, NATRange{})
 			}
+		} else if m == ManipSrc {
+			ct.setupNAT(c, m, NATRange{})
 		}
 		c.setStatus(done)
 	}
@@ -136,7 +146,7 @@ func (ct *Conntrack) applyNAT(p *Packet, m Manip) {
 	if p.Dir == DirOriginal {
 		target = c.reply.Invert()
 	}
-	if p.State == StateRelated {
+	if p.State == StateRelated && p.isICMPError() {
 		p.natICMPError(m, target)
 		return
 	}

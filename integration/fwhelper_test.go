@@ -47,9 +47,15 @@ func helperFWServe(args []string) error {
 						return
 					}
 					go func() {
-						defer c.Close()
+						// Closed with a RST soon after, so a probe
+						// whose packets a rule dropped leaves nothing
+						// behind that a later rule set would count.
+						defer func() {
+							c.(*net.TCPConn).SetLinger(0)
+							c.Close()
+						}()
 						fmt.Fprintf(c, "peer=%s local=%s\n", c.RemoteAddr(), c.LocalAddr())
-						c.SetReadDeadline(time.Now().Add(5 * time.Second))
+						c.SetReadDeadline(time.Now().Add(800 * time.Millisecond))
 						var b [64]byte
 						for {
 							if _, err := c.Read(b[:]); err != nil {
@@ -109,15 +115,30 @@ func helperFWProbe(args []string) error {
 	var mu sync.Mutex
 	var lines []string
 	var wg sync.WaitGroup
-	for _, a := range args {
+	// "base=N" first: probe i uses local port (and ICMP echo id) N+i, so
+	// both twins send the very same packets and no probe's tuple repeats
+	// an earlier one still in conntrack.
+	base := 0
+	if len(args) > 0 && strings.HasPrefix(args[0], "base=") {
+		b, err := strconv.Atoi(strings.TrimPrefix(args[0], "base="))
+		if err != nil {
+			return err
+		}
+		base, args = b, args[1:]
+	}
+	for i, a := range args {
 		name, spec, ok := strings.Cut(a, "=")
 		if !ok {
 			return fmt.Errorf("bad probe %q", a)
 		}
 		wg.Add(1)
+		lport := 0
+		if base > 0 {
+			lport = base + i
+		}
 		go func() {
 			defer wg.Done()
-			r := fwProbe(spec)
+			r := fwProbe(spec, lport)
 			mu.Lock()
 			lines = append(lines, name+" "+r)
 			mu.Unlock()
@@ -135,11 +156,14 @@ func helperFWProbe(args []string) error {
 // first SYN retransmission (1s), so a dropped probe is one packet.
 const probeWait = 700 * time.Millisecond
 
-func fwProbe(spec string) string {
+func fwProbe(spec string, lport int) string {
 	proto, addr, _ := strings.Cut(spec, ":")
 	switch proto {
 	case "tcp":
 		d := net.Dialer{Timeout: probeWait}
+		if lport > 0 {
+			d.LocalAddr = &net.TCPAddr{Port: lport}
+		}
 		c, err := d.Dial("tcp", addr)
 		if err != nil {
 			return errName(err)
@@ -153,11 +177,19 @@ func fwProbe(spec string) string {
 		b := make([]byte, 256)
 		n, err := tc.Read(b)
 		if err != nil {
+			if e := errName(err); e == "ECONNRESET" {
+				// Reset before or after connect returned is timing.
+				return e
+			}
 			return "connected-" + errName(err)
 		}
 		return okLine(string(b[:n]), tc.LocalAddr())
 	case "udp":
-		c, err := net.Dial("udp", addr)
+		d := net.Dialer{}
+		if lport > 0 {
+			d.LocalAddr = &net.UDPAddr{Port: lport}
+		}
+		c, err := d.Dial("udp", addr)
 		if err != nil {
 			return errName(err)
 		}
@@ -173,7 +205,7 @@ func fwProbe(spec string) string {
 		}
 		return okLine(string(b[:n]), c.LocalAddr())
 	case "ping":
-		return ping(addr)
+		return ping(addr, lport)
 	}
 	return "bad-probe"
 }
@@ -198,6 +230,10 @@ func okLine(s string, local net.Addr) string {
 	_, myPort, _ := net.SplitHostPort(local.String())
 	if port == myPort {
 		port = "same"
+	} else if n, err := strconv.Atoi(port); err != nil || n < 20000 || n > 20010 {
+		// Linux picks a NAT port at random unless a rule names the range
+		// (the tests use 20000-20010).
+		port = "other"
 	}
 	return fmt.Sprintf("ok peer=%s port=%s local=%s", host, port, loc)
 }
@@ -234,7 +270,7 @@ func errName(err error) string {
 }
 
 // ping sends one echo request and reports the answer.
-func ping(addr string) string {
+func ping(addr string, id int) string {
 	ip := net.ParseIP(addr)
 	v6 := ip.To4() == nil
 	network, proto := "ip4:icmp", 1
@@ -246,7 +282,9 @@ func ping(addr string) string {
 		return "error-listen"
 	}
 	defer c.Close()
-	id := os.Getpid()&0x7fff ^ int(time.Now().UnixNano()&0x7fff)
+	if id == 0 {
+		id = os.Getpid()&0x7fff ^ int(time.Now().UnixNano()&0x7fff)
+	}
 	var typ icmp.Type = ipv4.ICMPTypeEcho
 	if v6 {
 		typ = ipv6.ICMPTypeEchoRequest
