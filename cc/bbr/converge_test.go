@@ -183,6 +183,11 @@ func TestProbeRTTAfterRouteChange(t *testing.T) {
 	if d := left - entered; d < 200*time.Millisecond || d > 400*time.Millisecond {
 		t.Errorf("PROBE_RTT lasted %v, want 200 ms and a round", d)
 	}
+	// PROBE_RTT marks the sender app-limited (bbr_update_min_rtt) so its
+	// low-rate samples do not pull the bw estimate down.
+	if m.s.marked == 0 {
+		t.Error("PROBE_RTT never called MarkAppLimited")
+	}
 	if got := b.Info().MinRTT; got < 30*time.Millisecond || got > 31*time.Millisecond {
 		t.Errorf("min RTT after PROBE_RTT = %v, want the new 30 ms", got)
 	}

@@ -413,7 +413,7 @@ func (b *BBR) updateBW(rs *cc.RateSample) {
 // aggregation: data acked beyond bw × the epoch's length, kept over 5-10
 // rounds (bbr_update_ack_aggregation).
 func (b *BBR) updateAckAggregation(rs *cc.RateSample) {
-	if extraAckedGain == 0 || rs.AckedSacked == 0 || rs.Delivered < 0 || rs.Interval <= 0 {
+	if extraAckedGain == 0 || rs.AckedSacked == 0 || rs.Delivered < 0 || rs.Interval.Microseconds() <= 0 {
 		return
 	}
 	if b.roundStart {
