@@ -20,6 +20,7 @@ import (
 	"math"
 	"math/bits"
 	"math/rand/v2"
+	"strconv"
 	"time"
 
 	"github.com/nsappliance/appliance/cc"
@@ -364,4 +365,44 @@ func sat32(v uint64) uint32 {
 		return math.MaxUint32
 	}
 	return uint32(v)
+}
+
+// SSInfo is the get_info of Linux's tcp_congestion_ops as ss shows it:
+// Info().SS(). An adapter can probe for it with a type assertion on
+// interface{ SSInfo() string } without importing this package. Call it
+// where the other callbacks run (it reads the connection's state).
+func (b *BBR) SSInfo() string { return b.Info().SS() }
+
+// SS formats the model the way Linux ss -ti prints tcp_bbr_info
+// (iproute2 misc/ss.c, tcp_show_info): "bbr:(bw:97.1Mbps,mrtt:40.385,
+// pacing_gain:1.25,cwnd_gain:2)", bw in bit/s with three significant
+// digits, min RTT in ms, gains as decimals; a zero gain is left out, as
+// ss does.
+func (in Info) SS() string {
+	mrtt := float64(noMinRTT) / 1000 // the kernel reports ~0U before any sample
+	if in.MinRTT > 0 {
+		mrtt = float64(in.MinRTT.Microseconds()) / 1000
+	}
+	s := "bbr:(bw:" + ssRate(float64(in.BW)*8) + "bps,mrtt:" + strconv.FormatFloat(mrtt, 'g', 6, 64)
+	if in.PacingGain != 0 {
+		s += ",pacing_gain:" + strconv.FormatFloat(PacingGainFloat(in.PacingGain), 'g', 6, 64)
+	}
+	if in.CwndGain != 0 {
+		s += ",cwnd_gain:" + strconv.FormatFloat(PacingGainFloat(in.CwndGain), 'g', 6, 64)
+	}
+	return s + ")"
+}
+
+// ssRate prints a rate as iproute2's sprint_bw does without -n: three
+// significant digits and a K, M, G or T suffix.
+func ssRate(bw float64) string {
+	for _, u := range []struct {
+		div    float64
+		suffix string
+	}{{1e12, "T"}, {1e9, "G"}, {1e6, "M"}, {1e3, "K"}} {
+		if bw >= u.div {
+			return strconv.FormatFloat(bw/u.div, 'g', 3, 64) + u.suffix
+		}
+	}
+	return strconv.FormatFloat(bw, 'g', 6, 64)
 }

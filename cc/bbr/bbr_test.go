@@ -614,3 +614,36 @@ func BenchmarkCongControl(b *testing.B) {
 		alg.CongControl(&rs)
 	}
 }
+
+// Info.SS prints what Linux ss -ti prints for a BBR socket.
+func TestInfoSS(t *testing.T) {
+	tests := []struct {
+		in   bbr.Info
+		want string
+	}{
+		// Formats seen from ss (iproute2) on this kernel for kernel BBR.
+		{bbr.Info{BW: 1287111032 / 8, MinRTT: 9 * time.Microsecond, PacingGain: 739, CwndGain: 739},
+			"bbr:(bw:1.29Gbps,mrtt:0.009,pacing_gain:2.88672,cwnd_gain:2.88672)"},
+		{bbr.Info{BW: 28960000000 / 8, MinRTT: 5 * time.Microsecond, PacingGain: 739, CwndGain: 739},
+			"bbr:(bw:29Gbps,mrtt:0.005,pacing_gain:2.88672,cwnd_gain:2.88672)"},
+		{bbr.Info{BW: 12137500, MinRTT: 40385 * time.Microsecond, PacingGain: 320, CwndGain: 512},
+			"bbr:(bw:97.1Mbps,mrtt:40.385,pacing_gain:1.25,cwnd_gain:2)"},
+		{bbr.Info{BW: 100}, "bbr:(bw:800bps,mrtt:4.29497e+06)"},
+	}
+	for _, tc := range tests {
+		if got := tc.in.SS(); got != tc.want {
+			t.Errorf("%+v.SS() = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	// A live instance in STARTUP: 96 packets (8 ACKs of 12) of 1448 bytes
+	// per 40 ms = 27.8 Mbit/s.
+	d := newDriver(t, 40*time.Millisecond, 8, 0)
+	for range 3 {
+		d.round(100, nil)
+	}
+	var alg cc.Algorithm = d.b
+	got := alg.(interface{ SSInfo() string }).SSInfo()
+	if want := "bbr:(bw:27.8Mbps,mrtt:40,pacing_gain:2.88672,cwnd_gain:2.88672)"; got != want {
+		t.Errorf("SSInfo() = %q, want %q", got, want)
+	}
+}
