@@ -82,6 +82,8 @@ type Gateway struct {
 	// NIC's own, see netstack.Stack.Outcomes); packets the gateway
 	// handles before netstack are counted there.
 	outcomes *outcome.Link
+	// poller watches the TCP relays' host sockets (see tcpRelay).
+	poller *hostPoller
 	// tcpNoSocket counts TCP segments no connection and no forwarder
 	// took (answered with RST): the classifier's no_socket probe.
 	tcpNoSocket tcpip.StatCounter
@@ -141,6 +143,12 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 		pingSem: make(chan struct{}, maxConcurrentPings),
 	}
 	g.outcomes = s.Outcomes().Link(NICName)
+	if g.poller, err = newHostPoller(); err != nil {
+		cancel()
+		s.Destroy()
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	go g.poller.run() // owned: Close stops it and waits
 	s.AddDropProbe(&g.tcpNoSocket, outcome.NoSocket, outcome.HookNone)
 	g.link = &linkTap{ownedLink: newOwnedLink(ep), g: g}
 	if g.fw, err = newFirewallWith(s, opts.Rules, opts.Logger); err != nil {
@@ -186,6 +194,7 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 	if err != nil {
 		g.link.keepOpen()
 		cancel()
+		g.poller.stop()
 		s.Destroy()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -273,6 +282,8 @@ func checkLayout(name string, l Layout, want4 bool) error {
 	}
 	return nil
 }
+
+func (g *Gateway) hostPoller() *hostPoller { return g.poller }
 
 // Stack returns the gateway's netstack.
 func (g *Gateway) Stack() *netstack.Stack { return g.stack }
@@ -362,6 +373,7 @@ func (g *Gateway) Close() error {
 			e.Abort()
 		}
 		g.wg.Wait()
+		g.poller.stop()
 		g.stack.Destroy()
 		g.log.Info("gateway closed")
 	})

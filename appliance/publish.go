@@ -180,28 +180,23 @@ func (g *Gateway) publishEnds(client netip.AddrPort, port uint16) (src, dst neti
 }
 
 func (g *Gateway) publishTCP(c *net.TCPConn, p Publish) {
-	h, err := newHostConn(c)
-	if err != nil {
-		c.Close()
-		return
-	}
 	src, dst := g.publishEnds(c.RemoteAddr().(*net.TCPAddr).AddrPort(), p.Port)
 	ctx, cancel := context.WithTimeout(g.ctx, g.opts.DialTimeout)
-	nc, err := g.dialContainer(ctx, src, dst)
+	ep, wq, err := g.dialContainer(ctx, src, dst)
 	if errors.Is(err, errBind) && src.Port() != 0 {
 		// The client's port is taken on that address (two rules to
 		// one container port): any port will do.
-		nc, err = g.dialContainer(ctx, netip.AddrPortFrom(src.Addr(), 0), dst)
+		ep, wq, err = g.dialContainer(ctx, netip.AddrPortFrom(src.Addr(), 0), dst)
 	}
 	cancel()
 	if err != nil {
 		g.c.publishFailed.Add(1)
 		g.debug("publish dial failed", "src", src, "dst", dst, "err", err)
-		h.abort()
+		abortHost(c)
 		return
 	}
 	g.c.publishAccepted.Add(1)
-	g.relayTCP(nc, h)
+	g.relayTCP(ep, wq, c)
 }
 
 // publishUDPLoop reads the publish socket and demultiplexes datagrams into

@@ -1,15 +1,16 @@
 package appliance
 
 import (
+	"bytes"
 	"errors"
-	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
@@ -25,61 +26,12 @@ const (
 )
 
 // relayBufs holds *[]byte of relayBufSize. A relay takes a buffer only when
-// its source is readable, so idle connections pin none.
+// its source has data, and keeps it only while the destination cannot take
+// all of it, so idle connections pin none.
 var relayBufs = sync.Pool{New: func() any {
 	b := make([]byte, relayBufSize)
 	return &b
 }}
-
-// streamConn is one side of a relayed TCP connection.
-type streamConn interface {
-	io.ReadWriteCloser
-	CloseWrite() error
-	// readPooled waits for data, EOF or an error, and only then takes a
-	// relay buffer and reads into it, so an idle connection holds none.
-	// The caller puts a non-nil buffer back. EOF is io.EOF.
-	readPooled() (*[]byte, int, error)
-	// abort closes the connection with a RST.
-	abort()
-}
-
-// nsConn is the netstack side: a gonet conn plus the endpoint and queue it
-// wraps, which readPooled waits on.
-type nsConn struct {
-	*gonet.TCPConn
-	ep tcpip.Endpoint
-	wq *waiter.Queue
-}
-
-func newNSConn(wq *waiter.Queue, ep tcpip.Endpoint) *nsConn {
-	return &nsConn{TCPConn: gonet.NewTCPConn(wq, ep), ep: ep, wq: wq}
-}
-
-func (c *nsConn) readPooled() (*[]byte, int, error) {
-	if err := waitEndpoint(c.ep, c.wq); err != nil {
-		return nil, 0, err
-	}
-	bp := relayBufs.Get().(*[]byte)
-	n, err := c.Read(*bp)
-	return bp, n, err
-}
-
-func (c *nsConn) abort() { c.ep.Abort() }
-
-// waitEndpoint blocks until ep is readable, hung up or failed.
-func waitEndpoint(ep tcpip.Endpoint, wq *waiter.Queue) error {
-	const mask = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
-	if ep.Readiness(mask) != 0 {
-		return nil
-	}
-	e, ch := waiter.NewChannelEntry(mask)
-	wq.EventRegister(&e)
-	defer wq.EventUnregister(&e)
-	for ep.Readiness(mask) == 0 {
-		<-ch
-	}
-	return nil
-}
 
 // tuneEndpoint sets keepalive and turns Nagle off on a netstack TCP
 // endpoint.
@@ -96,42 +48,12 @@ func tuneEndpoint(ep tcpip.Endpoint) {
 
 var hostKeepAlive = net.KeepAliveConfig{Enable: true, Idle: keepIdle, Interval: keepInterval, Count: keepCount}
 
-// hostConn is the host side: an ordinary socket.
-type hostConn struct {
-	*net.TCPConn
-	rc syscall.RawConn
-}
-
-func newHostConn(c *net.TCPConn) (*hostConn, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	c.SetNoDelay(true)
-	c.SetKeepAliveConfig(hostKeepAlive)
-	return &hostConn{TCPConn: c, rc: rc}, nil
-}
-
-func (c *hostConn) readPooled() (*[]byte, int, error) {
-	bp, n, err := readWhenReady(c.rc, &relayBufs, syscall.Read)
-	if err == nil && n == 0 {
-		relayBufs.Put(bp)
-		return nil, 0, io.EOF
-	}
-	return bp, n, err
-}
-
-func (c *hostConn) abort() {
-	c.SetLinger(0)
-	c.Close()
-}
-
 // readWhenReady reads from the socket behind rc once it has data, EOF or an
 // error: in the runtime poller's callback it takes a buffer from pool and
 // tries read; on EAGAIN it puts the buffer back and waits. So a buffer is
 // held only while there is something to read, at one syscall per read. On
 // success (n may be 0 for EOF) the caller owns bp and puts it back; on error
-// bp is nil.
+// bp is nil. (UDP flows; the TCP relay is event-driven, see tcpRelay.)
 func readWhenReady(rc syscall.RawConn, pool *sync.Pool, read func(fd int, b []byte) (int, error)) (bp *[]byte, n int, err error) {
 	rerr := rc.Read(func(fd uintptr) bool {
 		bp = pool.Get().(*[]byte)
@@ -156,66 +78,341 @@ func readWhenReady(rc syscall.RawConn, pool *sync.Pool, read func(fd int, b []by
 	return bp, n, nil
 }
 
-// copyStream copies src to dst until EOF, then half-closes dst. It holds
-// a relay buffer only while src has data.
-func copyStream(dst, src streamConn) error {
+// Direction worker states (relayDir.state).
+const (
+	dirIdle    int32 = iota // no worker
+	dirRunning              // a worker runs
+	dirRerun                // a worker runs and must look again before it stops
+)
+
+// relayDir is one direction of a relay. At most one worker runs it at a
+// time (state), so pending needs no lock: only that worker touches it.
+type relayDir struct {
+	state atomic.Int32
+	// pending is data read from the source that the destination has not
+	// taken yet: the only buffer a relay holds, and only while its
+	// destination is full.
+	pending *[]byte
+	off, n  int
+	eof     bool // the source ended and the destination was half-closed
+}
+
+// tcpRelay relays one TCP connection between a netstack endpoint (the
+// container side) and a host socket, without a goroutine or a buffer while
+// the connection is idle. Readiness comes from netstack's waiter queue
+// (NotifyEvent) and from the gateway's epoll instance for the host socket
+// (hostPoller); either one kicks a direction, which starts a worker
+// goroutine that moves data until its source is dry or its destination
+// full, then ends. up is container to host, down host to container.
+//
+// Half-close passes through: EOF on one side half-closes the other and
+// the reverse direction keeps flowing; when both have ended both sockets
+// close. An error either way aborts both with a RST.
+type tcpRelay struct {
+	g    *Gateway
+	f    *flow
+	ep   tcpip.Endpoint
+	wq   *waiter.Queue
+	host *net.TCPConn
+	rc   syscall.RawConn
+	id   uint64 // key in the host poller
+
+	entry    waiter.Entry
+	up, down relayDir
+	ended    atomic.Int32 // directions that reached EOF
+	closed   atomic.Bool
+	once     sync.Once
+}
+
+// relayTCP starts relaying between the netstack endpoint ep (whose waiter
+// queue is wq) and the host socket h, and returns at once: the relay owns
+// both from then on. If the gateway is draining or closing both are
+// aborted.
+func (g *Gateway) relayTCP(ep tcpip.Endpoint, wq *waiter.Queue, h *net.TCPConn) {
+	h.SetNoDelay(true)
+	h.SetKeepAliveConfig(hostKeepAlive)
+	r := &tcpRelay{g: g, ep: ep, wq: wq, host: h}
+	rc, err := h.SyscallConn()
+	if err != nil {
+		ep.Abort()
+		abortHost(h)
+		return
+	}
+	r.rc = rc
+	r.f = &flow{proto: protoTCP, close: r.abort, ep: ep, host: h}
+	if _, ok := g.addFlowWith(r.f); !ok {
+		ep.Abort()
+		abortHost(h)
+		return
+	}
+	r.entry.Init(r, waiter.ReadableEvents|waiter.WritableEvents|waiter.EventHUp|waiter.EventErr)
+	wq.EventRegister(&r.entry)
+	if err := g.hostPoller().add(r); err != nil {
+		g.debug("relay: host poller", "err", err)
+		r.finish(err)
+		return
+	}
+	// Data may have arrived before the registrations.
+	r.kick(&r.up)
+	r.kick(&r.down)
+}
+
+// NotifyEvent implements waiter.EventListener: netstack calls it with its
+// queue's lock held, so it only kicks.
+func (r *tcpRelay) NotifyEvent(m waiter.EventMask) {
+	if m&(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr) != 0 {
+		r.kick(&r.up)
+	}
+	if m&(waiter.WritableEvents|waiter.EventHUp|waiter.EventErr) != 0 {
+		r.kick(&r.down)
+	}
+}
+
+// hostEvent is called by the host poller with the socket's epoll events.
+func (r *tcpRelay) hostEvent(ev uint32) {
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r.kick(&r.down)
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r.kick(&r.up)
+	}
+}
+
+// kick makes d's worker look at it: starts one if none runs, or tells the
+// running one to look again.
+func (r *tcpRelay) kick(d *relayDir) {
 	for {
-		bp, n, rerr := src.readPooled()
-		if n > 0 {
-			_, werr := dst.Write((*bp)[:n])
-			if werr != nil {
-				relayBufs.Put(bp)
-				return werr
+		switch d.state.Load() {
+		case dirIdle:
+			if d.state.CompareAndSwap(dirIdle, dirRunning) {
+				if !r.g.spawn(func() { r.work(d) }) {
+					d.state.Store(dirIdle)
+					r.releasePending(d)
+				}
+				return
 			}
-		}
-		if bp != nil {
-			relayBufs.Put(bp)
-		}
-		if rerr == io.EOF {
-			return dst.CloseWrite()
-		}
-		if rerr != nil {
-			return rerr
+		case dirRunning:
+			if d.state.CompareAndSwap(dirRunning, dirRerun) {
+				return
+			}
+		default: // dirRerun: the worker will look again anyway
+			return
 		}
 	}
 }
 
-// relayTCP relays between the container side a and the host side b until
-// both directions end, then closes both. Half-close passes through: EOF on
-// one side half-closes the other and the reverse direction keeps flowing.
-// An error either way aborts both with a RST. It runs on the caller's
-// goroutine (which must be owned by g) and takes ownership of a and b.
-func (g *Gateway) relayTCP(a, b streamConn) {
-	f := &flow{proto: protoTCP, close: func() { a.Close(); b.Close() }}
-	if nc, ok := a.(*nsConn); ok {
-		f.ep = nc.ep
-	}
-	if hc, ok := b.(*hostConn); ok {
-		f.host = hc.TCPConn
-	}
-	f, ok := g.addFlowWith(f)
-	if !ok {
-		a.abort()
-		b.abort()
-		return
-	}
-	defer g.removeFlow(f)
-	run := func(dst, src streamConn) error {
-		err := copyStream(dst, src)
-		if err != nil {
-			a.abort()
-			b.abort()
+// work runs d until it has nothing to do and no kick arrived meanwhile.
+func (r *tcpRelay) work(d *relayDir) {
+	for {
+		d.state.Store(dirRunning)
+		var err error
+		if d == &r.up {
+			err = r.pumpUp()
+		} else {
+			err = r.pumpDown()
 		}
+		if err != nil {
+			r.releasePending(d)
+			r.finish(err)
+		}
+		if r.closed.Load() {
+			r.releasePending(d)
+		}
+		if d.state.CompareAndSwap(dirRunning, dirIdle) {
+			return
+		}
+	}
+}
+
+func (r *tcpRelay) releasePending(d *relayDir) {
+	if d.pending != nil {
+		relayBufs.Put(d.pending)
+		d.pending, d.off, d.n = nil, 0, 0
+	}
+}
+
+// errWouldBlock ends a pump until the next kick.
+var errWouldBlock = errors.New("would block")
+
+// pumpUp moves container data to the host until the endpoint has none or
+// the host socket is full. It returns nil when it must wait, an error when
+// the relay must be aborted.
+func (r *tcpRelay) pumpUp() error {
+	d := &r.up
+	for !r.closed.Load() {
+		if d.pending != nil {
+			if err := r.writeHost(d); err != nil {
+				if err == errWouldBlock {
+					return nil
+				}
+				return err
+			}
+			continue
+		}
+		if d.eof {
+			return nil
+		}
+		if r.ep.Readiness(waiter.ReadableEvents) == 0 {
+			return nil
+		}
+		bp := relayBufs.Get().(*[]byte)
+		w := tcpip.SliceWriter(*bp)
+		res, terr := r.ep.Read(&w, tcpip.ReadOptions{})
+		switch terr.(type) {
+		case nil:
+			d.pending, d.off, d.n = bp, 0, res.Count
+			if res.Count == 0 {
+				r.releasePending(d)
+			}
+		case *tcpip.ErrWouldBlock:
+			relayBufs.Put(bp)
+			return nil
+		case *tcpip.ErrClosedForReceive:
+			relayBufs.Put(bp)
+			d.eof = true
+			if err := r.host.CloseWrite(); err != nil {
+				return err
+			}
+			r.directionEnded()
+			return nil
+		default:
+			relayBufs.Put(bp)
+			return errors.New(terr.String())
+		}
+	}
+	return nil
+}
+
+// writeHost writes d's pending data to the host socket without waiting.
+func (r *tcpRelay) writeHost(d *relayDir) error {
+	var n int
+	var werr error
+	err := r.rc.Write(func(fd uintptr) bool {
+		n, werr = unix.Write(int(fd), (*d.pending)[d.off:d.n])
+		return true
+	})
+	if err != nil {
 		return err
 	}
-	done := make(chan error, 1)
-	if !g.spawn(func() { done <- run(b, a) }) {
-		a.abort()
-		b.abort()
+	if werr == unix.EAGAIN {
+		return errWouldBlock
+	}
+	if werr != nil {
+		return werr
+	}
+	d.off += n
+	if d.off >= d.n {
+		r.releasePending(d)
+	}
+	return nil
+}
+
+// pumpDown moves host data to the container until the host socket has
+// none or the endpoint's send buffer is full.
+func (r *tcpRelay) pumpDown() error {
+	d := &r.down
+	for !r.closed.Load() {
+		if d.pending != nil {
+			var rd bytes.Reader
+			rd.Reset((*d.pending)[d.off:d.n])
+			n, terr := r.ep.Write(&rd, tcpip.WriteOptions{})
+			d.off += int(n)
+			if d.off >= d.n {
+				r.releasePending(d)
+			}
+			switch terr.(type) {
+			case nil:
+				continue
+			case *tcpip.ErrWouldBlock:
+				return nil
+			default:
+				return errors.New(terr.String())
+			}
+		}
+		if d.eof {
+			return nil
+		}
+		var bp *[]byte
+		var n int
+		var rerr error
+		err := r.rc.Read(func(fd uintptr) bool {
+			bp = relayBufs.Get().(*[]byte)
+			n, rerr = unix.Read(int(fd), *bp)
+			return true
+		})
+		if err == nil && rerr == unix.EAGAIN {
+			relayBufs.Put(bp)
+			return nil
+		}
+		if err == nil {
+			err = rerr
+		}
+		if err != nil {
+			if bp != nil {
+				relayBufs.Put(bp)
+			}
+			return err
+		}
+		if n == 0 {
+			relayBufs.Put(bp)
+			d.eof = true
+			r.ep.Shutdown(tcpip.ShutdownWrite)
+			r.directionEnded()
+			return nil
+		}
+		d.pending, d.off, d.n = bp, 0, n
+	}
+	return nil
+}
+
+// directionEnded notes an EOF passed through; the second one closes the
+// relay gracefully.
+func (r *tcpRelay) directionEnded() {
+	if r.ended.Add(1) == 2 {
+		r.finish(nil)
+	}
+}
+
+// abort is the flow's close: both sides get a RST. Gateway.Close uses it.
+func (r *tcpRelay) abort() { r.finish(errors.New("relay aborted")) }
+
+// finish ends the relay once: with err nil both sockets close normally,
+// otherwise both are aborted. Workers still running see closed and stop.
+func (r *tcpRelay) finish(err error) {
+	r.once.Do(func() {
+		r.closed.Store(true)
+		r.wq.EventUnregister(&r.entry)
+		r.g.hostPoller().remove(r)
+		if err != nil {
+			r.ep.Abort()
+			abortHost(r.host)
+		} else {
+			r.ep.Close()
+			r.host.Close()
+		}
+		r.g.removeFlow(r.f)
+		// A direction parked on a full destination holds a buffer: let
+		// its worker run once more to put it back.
+		r.kick(&r.up)
+		r.kick(&r.down)
+	})
+}
+
+func abortHost(h *net.TCPConn) {
+	h.SetLinger(0)
+	h.Close()
+}
+
+// waitEndpoint blocks until ep is readable, hung up or failed (UDP flows).
+func waitEndpoint(ep tcpip.Endpoint, wq *waiter.Queue) {
+	const mask = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
+	if ep.Readiness(mask) != 0 {
 		return
 	}
-	run(a, b)
-	<-done
-	a.Close()
-	b.Close()
+	e, ch := waiter.NewChannelEntry(mask)
+	wq.EventRegister(&e)
+	defer wq.EventUnregister(&e)
+	for ep.Readiness(mask) == 0 {
+		<-ch
+	}
 }

@@ -55,19 +55,11 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	}
-	h, err := newHostConn(hc)
-	if err != nil {
-		hc.Close()
-		g.c.tcpDialFailed.Add(1)
-		r.Complete(true)
-		return
-	}
-
-	var wq waiter.Queue
-	ep, terr := r.CreateEndpoint(&wq)
+	wq := new(waiter.Queue)
+	ep, terr := r.CreateEndpoint(wq)
 	r.Complete(false)
 	if terr != nil {
-		h.abort()
+		abortHost(hc)
 		g.c.tcpHandshake.Add(1)
 		g.debug("container handshake failed", "dst", dst, "err", terr)
 		return
@@ -78,7 +70,7 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 		ccDst = host.Addr()
 	}
 	g.applyCCRoute(ep, ccDst)
-	g.relayTCP(newNSConn(&wq, ep), h)
+	g.relayTCP(ep, wq, hc)
 }
 
 // dialHost dials a host TCP destination with DialTimeout and keepalive.
@@ -112,20 +104,21 @@ func (g *Gateway) dialDNSTCP() (*net.TCPConn, error) {
 }
 
 // dialContainer opens a TCP connection through netstack from src (any
-// address: the NIC spoofs) to dst. Unlike gonet.DialTCPWithBind it closes
-// the endpoint when Bind fails.
-func (g *Gateway) dialContainer(ctx context.Context, src, dst netip.AddrPort) (*nsConn, error) {
-	var wq waiter.Queue
-	ep, terr := g.stack.NewEndpoint(tcp.ProtocolNumber, netProto(dst.Addr()), &wq)
+// address: the NIC spoofs) to dst and returns the endpoint and its waiter
+// queue. Unlike gonet.DialTCPWithBind it closes the endpoint when Bind
+// fails.
+func (g *Gateway) dialContainer(ctx context.Context, src, dst netip.AddrPort) (tcpip.Endpoint, *waiter.Queue, error) {
+	wq := new(waiter.Queue)
+	ep, terr := g.stack.NewEndpoint(tcp.ProtocolNumber, netProto(dst.Addr()), wq)
 	if terr != nil {
-		return nil, netstack.Error("new endpoint", terr)
+		return nil, nil, netstack.Error("new endpoint", terr)
 	}
 	e, ch := waiter.NewChannelEntry(waiter.WritableEvents)
 	wq.EventRegister(&e)
 	defer wq.EventUnregister(&e)
 	if terr := ep.Bind(toFull(g.nic, src)); terr != nil {
 		ep.Close()
-		return nil, fmt.Errorf("%w %v: %w", errBind, src, netstack.Error("bind", terr))
+		return nil, nil, fmt.Errorf("%w %v: %w", errBind, src, netstack.Error("bind", terr))
 	}
 	tuneEndpoint(ep)
 	terr = ep.Connect(toFull(g.nic, dst))
@@ -133,16 +126,16 @@ func (g *Gateway) dialContainer(ctx context.Context, src, dst netip.AddrPort) (*
 		select {
 		case <-ctx.Done():
 			ep.Close()
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		case <-ch:
 		}
 		terr = ep.LastError()
 	}
 	if terr != nil {
 		ep.Close()
-		return nil, netstack.Error(fmt.Sprintf("connect %v", dst), terr)
+		return nil, nil, netstack.Error(fmt.Sprintf("connect %v", dst), terr)
 	}
-	return newNSConn(&wq, ep), nil
+	return ep, wq, nil
 }
 
 func netProto(a netip.Addr) tcpip.NetworkProtocolNumber {
