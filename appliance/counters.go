@@ -36,6 +36,7 @@ type counters struct {
 //	dns_no_upstream                   DNS queries dropped for want of an upstream
 //	pings_{sent,replied,timed_out,failed,dropped}
 //	publish_accepted, publish_failures  publish connections and failed dials into the container
+//	tcp_refused_memory                SYNs answered with RST above net.ipv4.tcp_mem's max
 func (g *Gateway) Counters() map[string]uint64 {
 	c := &g.c
 	return map[string]uint64{
@@ -60,5 +61,6 @@ func (g *Gateway) Counters() map[string]uint64 {
 		"pings_dropped":              c.pingsDropped.Load(),
 		"publish_accepted":           c.publishAccepted.Load(),
 		"publish_failures":           c.publishFailed.Load(),
+		"tcp_refused_memory":         g.tcpMemRefused.Value(),
 	}
 }

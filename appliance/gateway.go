@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
@@ -87,6 +88,9 @@ type Gateway struct {
 	// tcpNoSocket counts TCP segments no connection and no forwarder
 	// took (answered with RST): the classifier's no_socket probe.
 	tcpNoSocket tcpip.StatCounter
+	// tcpMemRefused counts SYNs refused above tcp_mem's max (the
+	// classifier's memory_pressure probe).
+	tcpMemRefused tcpip.StatCounter
 }
 
 // flow is one active relay; close tears it down from outside. ep and host,
@@ -149,6 +153,7 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	go g.poller.run() // owned: Close stops it and waits
+	s.AddDropProbe(&g.tcpMemRefused, outcome.MemoryPressure, outcome.HookNone)
 	s.AddDropProbe(&g.tcpNoSocket, outcome.NoSocket, outcome.HookNone)
 	g.link = &linkTap{ownedLink: newOwnedLink(ep), g: g}
 	if g.fw, err = newFirewallWith(s, opts.Rules, opts.Logger); err != nil {
@@ -169,6 +174,12 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 	// Forwarders go in before the NIC so no early packet misses them.
 	tf := tcp.NewForwarder(s.Stack, 0, opts.MaxPendingSYN, g.handleTCP)
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, func(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+		if isSYN(pkt) && s.RefuseNew() {
+			// Above tcp_mem's max: netstack answers the SYN with RST;
+			// established connections keep working.
+			g.tcpMemRefused.Increment()
+			return false
+		}
 		if tf.HandlePacket(id, pkt) {
 			return true
 		}
@@ -284,6 +295,17 @@ func checkLayout(name string, l Layout, want4 bool) error {
 }
 
 func (g *Gateway) hostPoller() *hostPoller { return g.poller }
+
+// isSYN reports whether pkt (its transport header parsed) opens a TCP
+// connection.
+func isSYN(pkt *stack.PacketBuffer) bool {
+	h := header.TCP(pkt.TransportHeader().Slice())
+	if len(h) < header.TCPMinimumSize {
+		return false
+	}
+	f := h.Flags()
+	return f.Contains(header.TCPFlagSyn) && !f.Contains(header.TCPFlagAck)
+}
 
 // Stack returns the gateway's netstack.
 func (g *Gateway) Stack() *netstack.Stack { return g.stack }

@@ -10,6 +10,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/nsappliance/appliance/netstack"
 )
 
 // Socket is one netstack socket as `ss` shows it, seen from netstack:
@@ -26,6 +28,12 @@ type Socket struct {
 	HostPeer  string `json:"host_peer,omitempty"`
 	RcvBuf    int64  `json:"rcvbuf"`
 	SndBuf    int64  `json:"sndbuf"`
+	// Truesize, TCP only (ss -m skmem): RMem is the receive and
+	// out-of-order queues' memory (rmem_alloc), OOOMem the out-of-order
+	// part, TMem the write list's (wmem_alloc, wmem_queued).
+	RMem   int `json:"rmem"`
+	OOOMem int `json:"ooo_mem"`
+	TMem   int `json:"tmem"`
 	// TCP only (ss -i).
 	CC       string `json:"cc,omitempty"`
 	RTTus    int64  `json:"rtt_us,omitempty"`
@@ -103,6 +111,8 @@ func (g *Gateway) Sockets() []Socket {
 			}
 			if te, ok := ep.(*tcp.Endpoint); ok {
 				ccInfo(&s, te)
+				mi := te.MemInfo()
+				s.RMem, s.OOOMem, s.TMem = mi.RcvMem+mi.OOOMem, mi.OOOMem, mi.SndMem
 			}
 		case udp.ProtocolNumber:
 			s.Proto = "udp"
@@ -162,16 +172,19 @@ type SockStat struct {
 	TCPOrphan int `json:"tcp_orphan"`
 	TCPTW     int `json:"tcp_tw"`
 	TCPAlloc  int `json:"tcp_alloc"`
-	// TCPMem and UDPMem are in pages (4 KiB) of queued data. Until per-socket
-	// truesize accounting exists they count payload bytes only, so they read
-	// lower than Linux would for the same queues.
+	// TCPMem is in pages (4 KiB): the truesize of every TCP socket's
+	// queues, as Linux's tcp_memory_allocated. UDPMem counts queued
+	// payload.
 	TCPMem   int `json:"tcp_mem"`
 	UDPInUse int `json:"udp_inuse"`
 	UDPMem   int `json:"udp_mem"`
+	// Memory is the stack's TCP memory accounting (tcp_mem, pressure),
+	// when known.
+	Memory *netstack.MemState `json:"memory,omitempty"`
 }
 
 // pageSize is the unit of sockstat's mem columns.
-const pageSize = 4096
+const pageSize = netstack.PageSize
 
 // SockStatOf counts socks as Linux counts sockets for /proc/net/sockstat:
 // inuse excludes TIME-WAIT; orphans are closing sockets no relay holds any
@@ -183,7 +196,7 @@ func SockStatOf(socks []Socket) SockStat {
 	for _, s := range socks {
 		switch s.Proto {
 		case "tcp":
-			tcpBytes += s.RecvQ + s.SendQ
+			tcpBytes += s.RMem + s.TMem
 			if s.State == "TIME-WAIT" {
 				st.TCPTW++
 				continue
@@ -204,5 +217,14 @@ func SockStatOf(socks []Socket) SockStat {
 	st.Used = st.TCPAlloc + st.UDPInUse
 	st.TCPMem = (tcpBytes + pageSize - 1) / pageSize
 	st.UDPMem = (udpBytes + pageSize - 1) / pageSize
+	return st
+}
+
+// SockStat is SockStatOf the gateway's sockets with the stack's memory
+// accounting.
+func (g *Gateway) SockStat() SockStat {
+	st := SockStatOf(g.Sockets())
+	ms := g.stack.MemState()
+	st.Memory = &ms
 	return st
 }

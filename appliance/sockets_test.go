@@ -4,8 +4,8 @@ import "testing"
 
 func TestSockStatOf(t *testing.T) {
 	socks := []Socket{
-		{Proto: "tcp", State: "ESTAB", RecvQ: 5000, HostLocal: "h"},
-		{Proto: "tcp", State: "ESTAB", SendQ: 100, HostLocal: "h"},
+		{Proto: "tcp", State: "ESTAB", RecvQ: 4000, RMem: 5000, HostLocal: "h"},
+		{Proto: "tcp", State: "ESTAB", SendQ: 50, TMem: 100, HostLocal: "h"},
 		{Proto: "tcp", State: "LAST-ACK"},                   // orphan
 		{Proto: "tcp", State: "FIN-WAIT-2", HostLocal: "h"}, // still relayed
 		{Proto: "tcp", State: "TIME-WAIT"},

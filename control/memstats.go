@@ -3,6 +3,7 @@ package control
 import (
 	"bufio"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -50,9 +51,12 @@ func selfRSS() uint64 {
 	return 0
 }
 
-// HandleMemStats adds GET /v1/memstats (see ReadMemStats) to mux.
+// HandleMemStats adds GET /v1/memstats (see ReadMemStats) and the heap
+// profile GET /debug/pprof/heap (net/http/pprof; ?gc=1 collects first) to
+// mux, for the per-connection cost breakdown.
 func HandleMemStats(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/memstats", func(w http.ResponseWriter, _ *http.Request) {
 		WriteJSON(w, http.StatusOK, ReadMemStats())
 	})
+	mux.Handle("GET /debug/pprof/heap", pprof.Handler("heap"))
 }

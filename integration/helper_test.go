@@ -66,6 +66,10 @@ func helperMain(args []string) int {
 		err = helperFWServe(args[2:])
 	case "fwprobe":
 		err = helperFWProbe(args[2:])
+	case "slowsink":
+		err = helperSlowSink(args[2:])
+	case "tcpsend":
+		err = helperTCPSend(args[2:])
 	default:
 		err = fmt.Errorf("unknown helper mode %q", args[1])
 	}

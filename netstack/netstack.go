@@ -50,6 +50,8 @@ type Stack struct {
 	outcomes   *outcome.Table
 	classifier *classifier
 	cc         *cc.Registry
+	// mem is the TCP memory accounting (tcp_mem, sockstat mem).
+	mem *memAccount
 }
 
 // New builds a stack with IPv4, IPv6, TCP, UDP and ICMP, SACK on,
@@ -69,9 +71,10 @@ func New(opts Options) (*Stack, error) {
 		ns.outcomes = outcome.NewTable()
 	}
 	ns.classifier = newClassifier(s.Stats())
+	ns.mem = newMemAccount(ns)
 	ns.sysctl = newSysctls(ns)
 	if err := ns.installCC(opts.CC); err != nil {
-		s.Destroy()
+		ns.Destroy()
 		return nil, err
 	}
 	defaults := []struct{ k, v string }{
@@ -83,7 +86,7 @@ func New(opts Options) (*Stack, error) {
 	}
 	for _, d := range defaults {
 		if err := ns.sysctl.set(d.k, d.v); err != nil {
-			s.Destroy()
+			ns.Destroy()
 			return nil, fmt.Errorf("netstack default %s: %w", d.k, err)
 		}
 	}
@@ -96,13 +99,13 @@ func New(opts Options) (*Stack, error) {
 	}
 	{
 		if err := ns.sysctl.set("net.ipv4.tcp_congestion_control", ccName); err != nil {
-			s.Destroy()
+			ns.Destroy()
 			return nil, err
 		}
 	}
 	for k, v := range opts.Sysctl {
 		if err := ns.sysctl.set(k, v); err != nil {
-			s.Destroy()
+			ns.Destroy()
 			return nil, err
 		}
 	}

@@ -58,6 +58,7 @@ func newSysctls(s *Stack) *Sysctls {
 			return string(v), Error("get available cc", err)
 		},
 	}
+	y.keys["net.ipv4.tcp_mem"] = tcpMemKey(s.mem)
 	y.keys["net.ipv4.tcp_rmem"] = bufKey(s, "tcp_rmem",
 		func() (int, int, int, tcpip.Error) {
 			var v tcpip.TCPReceiveBufferSizeRangeOption

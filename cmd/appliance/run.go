@@ -303,6 +303,8 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 			metrics.Source{Name: "link", Help: "container TUN link counters", Read: ep.Stats().Map},
 			metrics.Source{Name: "gateway", Help: "gateway relay counters", Read: gw.Counters},
 			outcomeSource(outcomes),
+			metrics.Source{Name: "tcp_mem", Help: "TCP memory accounting (net.ipv4.tcp_mem, pages; pressure state)", Kind: metrics.Gauge,
+				Read: func() map[string]uint64 { return memStateMap(gw.Stack().MemState()) }},
 			metrics.Source{Name: "flows", Help: "open relayed flows", Kind: metrics.Gauge, Read: func() map[string]uint64 {
 				fc := gw.Flows()
 				return map[string]uint64{"tcp": uint64(fc.TCP), "udp": uint64(fc.UDP), "icmp": uint64(fc.ICMP)}
@@ -324,7 +326,7 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 		control.WriteJSON(w, http.StatusOK, gw.Sockets())
 	})
 	mux.HandleFunc("GET /v1/sockstat", func(w http.ResponseWriter, r *http.Request) {
-		control.WriteJSON(w, http.StatusOK, appliance.SockStatOf(gw.Sockets()))
+		control.WriteJSON(w, http.StatusOK, gw.SockStat())
 	})
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		control.WriteJSON(w, http.StatusOK, map[string]map[string]uint64{

@@ -46,7 +46,7 @@ closed sockets are left out. Addresses are always numeric (-n is accepted).`,
 	fl.BoolVarP(&f.udp, "udp", "u", false, "UDP sockets")
 	fl.BoolVarP(&f.all, "all", "a", false, "listening and closed sockets too")
 	fl.BoolVarP(&f.numeric, "numeric", "n", false, "numeric addresses (always)")
-	fl.BoolVarP(&f.mem, "memory", "m", false, "socket memory: skmem:(r recv queue, rb receive buffer, t send queue, tb send buffer)")
+	fl.BoolVarP(&f.mem, "memory", "m", false, "socket memory: skmem:(r receive+out-of-order truesize, rb receive buffer, t send truesize, tb send buffer, f, w queued send, o, bl, d as in Linux)")
 	fl.BoolVarP(&f.info, "info", "i", false, "TCP internals: congestion control, rto, rtt/rttvar, cwnd, ssthresh")
 	fl.BoolVarP(&f.ext, "extended", "e", false, "accepted for compatibility; the host socket is always shown")
 	fl.StringVar(&f.name, "name", "default", "instance name")
@@ -71,7 +71,7 @@ func printSS(w io.Writer, socks []appliance.Socket, f ssFlags) {
 		rows = append(rows, []string{s.Proto, s.State, fmt.Sprint(s.RecvQ), fmt.Sprint(s.SendQ), s.Local, s.Peer, host})
 		var d []string
 		if f.mem {
-			d = append(d, fmt.Sprintf("skmem:(r%d,rb%d,t%d,tb%d)", s.RecvQ, s.RcvBuf, s.SendQ, s.SndBuf))
+			d = append(d, fmt.Sprintf("skmem:(r%d,rb%d,t%d,tb%d,f0,w%d,o0,bl0,d0)", s.RMem, s.RcvBuf, s.TMem, s.SndBuf, s.TMem))
 		}
 		if f.info && s.Proto == "tcp" {
 			d = append(d, ssInfo(s))
@@ -122,6 +122,16 @@ there yet, so it reads lower than Linux would).`,
 			fmt.Fprintf(w, "sockets: used %d\n", st.Used)
 			fmt.Fprintf(w, "TCP: inuse %d orphan %d tw %d alloc %d mem %d\n", st.TCPInUse, st.TCPOrphan, st.TCPTW, st.TCPAlloc, st.TCPMem)
 			fmt.Fprintf(w, "UDP: inuse %d mem %d\n", st.UDPInUse, st.UDPMem)
+			if m := st.Memory; m != nil {
+				// Not in Linux's sockstat: tcp_mem and the pressure state
+				// (/proc/net/protocols' "memory pressure" column).
+				p := 0
+				if m.UnderPressure {
+					p = 1
+				}
+				fmt.Fprintf(w, "TCP_MEM: pages %d min %d pressure %d max %d under_pressure %d pressures %d refused %d\n",
+					m.Pages, m.Min, m.Pressure, m.Max, p, m.PressureEntered, m.Refused)
+			}
 			return nil
 		},
 	}

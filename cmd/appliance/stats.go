@@ -11,6 +11,7 @@ import (
 
 	"github.com/nsappliance/appliance/control"
 	"github.com/nsappliance/appliance/metrics"
+	"github.com/nsappliance/appliance/netstack"
 	"github.com/nsappliance/appliance/outcome"
 )
 
@@ -108,5 +109,20 @@ func outcomeSource(t *outcome.Table) metrics.Source {
 			}
 			return out
 		},
+	}
+}
+
+// memStateMap flattens the TCP memory accounting for metrics.
+func memStateMap(m netstack.MemState) map[string]uint64 {
+	b := func(v bool) uint64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	return map[string]uint64{
+		"pages": uint64(m.Pages), "min": uint64(m.Min), "pressure": uint64(m.Pressure), "max": uint64(m.Max),
+		"under_pressure": b(m.UnderPressure), "over_max": b(m.OverMax), "pressures_entered": m.PressureEntered,
+		"pressure_ms": m.PressureMillis, "refused": m.Refused, "clamped": uint64(m.Clamped),
 	}
 }
