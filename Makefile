@@ -38,6 +38,7 @@ test: build lint unit integration
 
 bench: deps build
 	$(BIN) bench --time 5s
+	$(BIN) bench --conns 10000,50000
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./...
 
 clean:

@@ -3,7 +3,9 @@ package appliance
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,8 +16,15 @@ import (
 // id: an event for a relay already removed finds nothing and is dropped.
 // The sockets stay in Go's own poller too (net.Conn), which is harmless:
 // the relay reads and writes them without waiting.
+//
+// The epoll descriptor itself is pollable, so the goroutine waits for it
+// in Go's poller (os.File + RawConn) rather than blocking a thread in
+// epoll_wait: an event then wakes it as any network goroutine is woken,
+// without a thread coming back from a blocking syscall to find a P.
 type hostPoller struct {
-	epfd, evfd int
+	epfd int
+	file *os.File // epfd, registered with Go's poller
+	rc   syscall.RawConn
 
 	mu sync.Mutex
 	// +checklocks:mu
@@ -33,18 +42,17 @@ func newHostPoller() (*hostPoller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("host poller: epoll_create1: %w", err)
 	}
-	evfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("host poller: nonblock: %w", err)
+	}
+	f := os.NewFile(uintptr(epfd), "host-epoll")
+	rc, err := f.SyscallConn()
 	if err != nil {
-		unix.Close(epfd)
-		return nil, fmt.Errorf("host poller: eventfd: %w", err)
+		f.Close()
+		return nil, fmt.Errorf("host poller: %w", err)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN} // id 0: the stop eventfd
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
-		unix.Close(epfd)
-		unix.Close(evfd)
-		return nil, fmt.Errorf("host poller: epoll_ctl: %w", err)
-	}
-	return &hostPoller{epfd: epfd, evfd: evfd, relays: map[uint64]*tcpRelay{}, next: 1, done: make(chan struct{})}, nil
+	return &hostPoller{epfd: epfd, file: f, rc: rc, relays: map[uint64]*tcpRelay{}, next: 1, done: make(chan struct{})}, nil
 }
 
 // setID and getID keep a relay id in epoll_data's 8 bytes, which x/sys
@@ -57,23 +65,22 @@ func getID(ev *unix.EpollEvent) uint64 {
 	return uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 }
 
-// run delivers events until stop. It blocks its thread in epoll_wait.
+// run delivers events until stop.
 func (p *hostPoller) run() {
 	defer close(p.done)
 	events := make([]unix.EpollEvent, 128)
 	for {
-		n, err := unix.EpollWait(p.epfd, events, -1)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return
+		var n int
+		var werr error
+		err := p.rc.Read(func(fd uintptr) bool {
+			n, werr = unix.EpollWait(int(fd), events, 0)
+			return werr != nil && !errors.Is(werr, unix.EINTR) || n > 0
+		})
+		if err != nil || werr != nil {
+			return // stop closed the file
 		}
 		for i := range events[:n] {
 			id := getID(&events[i])
-			if id == 0 {
-				return
-			}
 			p.mu.Lock()
 			r := p.relays[id]
 			p.mu.Unlock()
@@ -143,9 +150,6 @@ func (p *hostPoller) stop() {
 	}
 	p.closed = true
 	p.mu.Unlock()
-	var one = [8]byte{1}
-	_, _ = unix.Write(p.evfd, one[:])
+	p.file.Close() // wakes run with an error
 	<-p.done
-	unix.Close(p.epfd)
-	unix.Close(p.evfd)
 }

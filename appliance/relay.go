@@ -89,6 +89,10 @@ const (
 // time (state), so pending needs no lock: only that worker touches it.
 type relayDir struct {
 	state atomic.Int32
+	// full is set while the direction waits for its destination to take
+	// pending data: only then do the destination's writable events kick
+	// it (they come with every ACK that frees space).
+	full atomic.Bool
 	// pending is data read from the source that the destination has not
 	// taken yet: the only buffer a relay holds, and only while its
 	// destination is full.
@@ -163,7 +167,7 @@ func (r *tcpRelay) NotifyEvent(m waiter.EventMask) {
 	if m&(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr) != 0 {
 		r.kick(&r.up)
 	}
-	if m&(waiter.WritableEvents|waiter.EventHUp|waiter.EventErr) != 0 {
+	if m&(waiter.EventHUp|waiter.EventErr) != 0 || (m&waiter.WritableEvents != 0 && r.down.full.Load()) {
 		r.kick(&r.down)
 	}
 }
@@ -173,7 +177,7 @@ func (r *tcpRelay) hostEvent(ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		r.kick(&r.down)
 	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+	if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 || (ev&unix.EPOLLOUT != 0 && r.up.full.Load()) {
 		r.kick(&r.up)
 	}
 }
@@ -201,8 +205,15 @@ func (r *tcpRelay) kick(d *relayDir) {
 	}
 }
 
+// downLinger is how long the host-to-container worker keeps waiting in
+// Go's poller after the host socket ran dry, so that a reply arriving soon
+// (request/response traffic) is read at once rather than through the
+// epoll goroutine and a new worker. An idle connection pays it once.
+const downLinger = 2 * time.Millisecond
+
 // work runs d until it has nothing to do and no kick arrived meanwhile.
 func (r *tcpRelay) work(d *relayDir) {
+	lingered := false
 	for {
 		d.state.Store(dirRunning)
 		var err error
@@ -218,10 +229,42 @@ func (r *tcpRelay) work(d *relayDir) {
 		if r.closed.Load() {
 			r.releasePending(d)
 		}
+		if d == &r.down && err == nil && !lingered && !r.closed.Load() && d.pending == nil && !d.eof {
+			// The first wait may end at once on readiness the poller
+			// saw before (our reads do not consume it); the second is
+			// the real one.
+			if r.waitHostReadable(downLinger) {
+				continue
+			}
+			lingered = true
+			if r.waitHostReadable(downLinger) {
+				lingered = false
+				continue
+			}
+		}
 		if d.state.CompareAndSwap(dirRunning, dirIdle) {
 			return
 		}
+		lingered = false
 	}
+}
+
+// waitHostReadable waits up to d in Go's poller for the host socket to be
+// readable (or hung up) and reports whether it became so.
+func (r *tcpRelay) waitHostReadable(d time.Duration) bool {
+	if r.host.SetReadDeadline(time.Now().Add(d)) != nil {
+		return false
+	}
+	first := true
+	err := r.rc.Read(func(uintptr) bool {
+		if first {
+			first = false
+			return false // wait
+		}
+		return true
+	})
+	r.host.SetReadDeadline(time.Time{})
+	return err == nil
 }
 
 func (r *tcpRelay) releasePending(d *relayDir) {
@@ -243,10 +286,16 @@ func (r *tcpRelay) pumpUp() error {
 		if d.pending != nil {
 			if err := r.writeHost(d); err != nil {
 				if err == errWouldBlock {
+					// Kicks from now on include EPOLLOUT; the socket may
+					// have drained meanwhile, so try once more.
+					if !d.full.Swap(true) {
+						continue
+					}
 					return nil
 				}
 				return err
 			}
+			d.full.Store(false)
 			continue
 		}
 		if d.eof {
@@ -322,8 +371,14 @@ func (r *tcpRelay) pumpDown() error {
 			}
 			switch terr.(type) {
 			case nil:
+				d.full.Store(false)
 				continue
 			case *tcpip.ErrWouldBlock:
+				// As in pumpUp: from now on writable events kick us;
+				// look once more in case space came meanwhile.
+				if !d.full.Swap(true) {
+					continue
+				}
 				return nil
 			default:
 				return errors.New(terr.String())

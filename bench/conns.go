@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -162,6 +163,10 @@ type ConnsConfig struct {
 	Kernel bool
 	// Progress, when set, receives one line per step.
 	Progress io.Writer
+	// HeapProfile, when set, is where the appliance's heap profile is
+	// saved while the connections are held (FILE.N for count N), for
+	// `go tool pprof -top`.
+	HeapProfile string
 }
 
 // ConnsResult is one held-connections measurement.
@@ -180,9 +185,12 @@ type ConnsResult struct {
 	GoroutinesGrowth int   `json:"goroutines_growth"`
 	// The same for a second open-and-close cycle, against after the
 	// first: zero when nothing grows per connection.
-	HeapGrowth2       int64  `json:"heap_growth_2"`
-	GoroutinesGrowth2 int    `json:"goroutines_growth_2"`
-	Error             string `json:"error,omitempty"`
+	HeapGrowth2       int64 `json:"heap_growth_2"`
+	GoroutinesGrowth2 int   `json:"goroutines_growth_2"`
+	// Skipped says why the count was not measured on this machine (the
+	// open-file limit); not an error.
+	Skipped string `json:"skipped,omitempty"`
+	Error   string `json:"error,omitempty"`
 }
 
 // Conns measures what idle TCP connections cost: for each count, through
@@ -226,6 +234,12 @@ func (cfg *ConnsConfig) progress(format string, a ...any) {
 
 func measureConns(ctx context.Context, cfg ConnsConfig, path string, n int) ConnsResult {
 	r := ConnsResult{Path: path, Conns: n}
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Cur < uint64(n)+256 {
+		r.Skipped = fmt.Sprintf("needs %d open files per process, the limit is %d (ulimit -Hn; raising it needs CAP_SYS_RESOURCE)", n+256, rl.Cur)
+		cfg.progress("%s %d: skipped: %s", path, n, r.Skipped)
+		return r
+	}
 	if err := measureConnsErr(ctx, &cfg, path, n, &r); err != nil {
 		r.Error = oneLine(err.Error())
 		cfg.progress("%s %d: %v", path, n, err)
@@ -234,10 +248,6 @@ func measureConns(ctx context.Context, cfg ConnsConfig, path string, n int) Conn
 }
 
 func measureConnsErr(ctx context.Context, cfg *ConnsConfig, path string, n int, r *ConnsResult) error {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Cur < uint64(n)+256 {
-		return fmt.Errorf("needs %d open files per process, the limit is %d (raise ulimit -Hn)", n+256, rl.Cur)
-	}
 	e := &env{bin: cfg.Bin, addr: serverAddr}
 	defer e.close()
 	var err error
@@ -278,6 +288,11 @@ func measureConnsErr(ctx context.Context, cfg *ConnsConfig, path string, n int, 
 		}
 		if after, err = memStats(ctx, e.app.Name); err != nil {
 			return err
+		}
+		if cfg.HeapProfile != "" {
+			file := fmt.Sprintf("%s.%d.goroutines-after-%d.txt", cfg.HeapProfile, n, c+1)
+			_ = exec.CommandContext(ctx, "curl", "-sS", "-o", file, "--unix-socket", control.SocketPath(e.app.Name),
+				"http://appliance/debug/pprof/goroutine?debug=1").Run()
 		}
 		if c == 0 {
 			r.HeapGrowth = int64(after.HeapInuse) - int64(before.HeapInuse)
@@ -355,6 +370,14 @@ func holdCycle(ctx context.Context, cfg *ConnsConfig, e *env, path string, n int
 			r.Heap = float64(int64(held.HeapInuse)-int64(base.HeapInuse)) / float64(n)
 			r.Stack = float64(int64(held.StackInuse)-int64(base.StackInuse)) / float64(n)
 			r.Goroutines = held.Goroutines
+			if cfg.HeapProfile != "" {
+				file := fmt.Sprintf("%s.%d", cfg.HeapProfile, n)
+				out, err := exec.CommandContext(ctx, "curl", "-sS", "-o", file, "--unix-socket", control.SocketPath(e.app.Name),
+					"http://appliance/debug/pprof/heap?gc=1").CombinedOutput()
+				if err != nil {
+					return fmt.Errorf("heap profile: %v: %s", err, out)
+				}
+			}
 		}
 	}
 	cfg.progress("%s: closing %d connections", path, n)
@@ -383,6 +406,7 @@ func memStats(ctx context.Context, name string) (control.MemStats, error) {
 	if err != nil {
 		return ms, err
 	}
+	defer c.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	err = c.Do(ctx, "GET", "/v1/memstats", nil, &ms)
@@ -400,11 +424,12 @@ func waitFlows(ctx context.Context, app *testbed.Appliance, want int, d time.Dur
 		InUse int `json:"tcp_inuse"`
 		TW    int `json:"tcp_tw"`
 	}
+	c, err := control.NewClient(app.Name)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
 	for {
-		c, err := control.NewClient(app.Name)
-		if err != nil {
-			return err
-		}
 		qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err = c.Do(qctx, "GET", "/v1/status", nil, &st)
 		if err == nil {
@@ -480,6 +505,10 @@ func WriteConnsTable(w io.Writer, rs []ConnsResult) {
 	for _, r := range rs {
 		if r.Error != "" {
 			fmt.Fprintf(w, "  %-10s %6d  error: %s\n", r.Path, r.Conns, r.Error)
+			continue
+		}
+		if r.Skipped != "" {
+			fmt.Fprintf(w, "  %-10s %6d  skipped: %s\n", r.Path, r.Conns, r.Skipped)
 			continue
 		}
 		if r.Path == PathKernel {

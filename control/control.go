@@ -123,6 +123,10 @@ func NewClient(name string) (*Client, error) {
 	}}, nil
 }
 
+// Close closes the client's idle connections (each holds a goroutine in
+// the appliance until it times out).
+func (c *Client) Close() { c.hc.CloseIdleConnections() }
+
 // APIError is an error the appliance answered with.
 type APIError struct {
 	Status  int

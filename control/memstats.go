@@ -53,10 +53,12 @@ func selfRSS() uint64 {
 
 // HandleMemStats adds GET /v1/memstats (see ReadMemStats) and the heap
 // profile GET /debug/pprof/heap (net/http/pprof; ?gc=1 collects first) to
-// mux, for the per-connection cost breakdown.
+// mux, and the goroutine profile GET /debug/pprof/goroutine, for the
+// per-connection cost breakdown.
 func HandleMemStats(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/memstats", func(w http.ResponseWriter, _ *http.Request) {
 		WriteJSON(w, http.StatusOK, ReadMemStats())
 	})
 	mux.Handle("GET /debug/pprof/heap", pprof.Handler("heap"))
+	mux.Handle("GET /debug/pprof/goroutine", pprof.Handler("goroutine"))
 }

@@ -707,7 +707,7 @@ func TestSS(t *testing.T) {
 	if !row.Match(out) {
 		t.Fatalf("appliance ss -tnmi does not list the held connection with its host pair:\n%s", out)
 	}
-	for _, re := range []string{`(?m)^\t skmem:\(r\d+,rb[1-9]\d*,t\d+,tb[1-9]\d*\)$`, `(?m)^\t cubic wscale:\d+,\d+ rto:\d+ rtt:[\d.]+/[\d.]+ mss:\d+ cwnd:[1-9]\d*`} {
+	for _, re := range []string{`(?m)^\t skmem:\(r\d+,rb[1-9]\d*,t\d+,tb[1-9]\d*,f\d+,w\d+,o\d+,bl\d+,d\d+\)$`, `(?m)^\t cubic wscale:\d+,\d+ rto:\d+ rtt:[\d.]+/[\d.]+ mss:\d+ cwnd:[1-9]\d*`} {
 		if !regexp.MustCompile(re).Match(out) {
 			t.Errorf("appliance ss -tnmi lacks %s:\n%s", re, out)
 		}

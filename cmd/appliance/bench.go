@@ -24,7 +24,7 @@ func newBenchCmd() *cobra.Command {
 		mode, cc, emulate, compare, mtus, plot string
 		dur, rrDur                             time.Duration
 		asJSON                                 bool
-		conns                                  string
+		conns, connsProfile                    string
 		connsKernel                            bool
 		mx                                     matrixFlags
 	)
@@ -64,7 +64,7 @@ throughput and RTT over time into an SVG file, one line per run.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if conns != "" {
-				return benchConns(cmd, conns, connsKernel, asJSON)
+				return benchConns(cmd, conns, connsKernel, connsProfile, asJSON)
 			}
 			if mx.on {
 				return runCCMatrix(cmd, mx, emulate, dur, cmd.Flags().Changed("time"), asJSON)
@@ -144,6 +144,7 @@ throughput and RTT over time into an SVG file, one line per run.`,
 	fl.StringVar(&mtus, "mtu", "1500,65520", "MTUs to measure (comma-separated; router mode: 1500)")
 	fl.BoolVar(&asJSON, "json", false, "print the results as JSON instead of a table")
 	fl.StringVar(&conns, "conns", "", "instead of throughput: hold this many idle TCP connections through the appliance (comma-separated counts, e.g. 10000,50000) and report memory per connection and growth after they close")
+	fl.StringVar(&connsProfile, "conns-heap-profile", "", "with --conns, save the appliance's heap profile while the connections are held to FILE.COUNT (go tool pprof -top)")
 	fl.BoolVar(&connsKernel, "conns-kernel", true, "with --conns, also measure the kernel's own cost on a veth pair")
 	fl.StringVar(&plot, "plot", "", "draw each iperf3 run's throughput and RTT over time into this SVG file")
 	mx.flags(fl)
@@ -151,8 +152,8 @@ throughput and RTT over time into an SVG file, one line per run.`,
 }
 
 // benchConns runs `bench --conns`.
-func benchConns(cmd *cobra.Command, list string, kernel, asJSON bool) error {
-	cfg := bench.ConnsConfig{Kernel: kernel, Progress: os.Stderr}
+func benchConns(cmd *cobra.Command, list string, kernel bool, profile string, asJSON bool) error {
+	cfg := bench.ConnsConfig{Kernel: kernel, Progress: os.Stderr, HeapProfile: profile}
 	for _, f := range benchSplitList(list) {
 		n, err := strconv.Atoi(f)
 		if err != nil || n <= 0 {
