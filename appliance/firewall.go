@@ -19,6 +19,7 @@ import (
 	"github.com/nsappliance/appliance/hooks"
 	"github.com/nsappliance/appliance/iptables"
 	"github.com/nsappliance/appliance/netstack"
+	"github.com/nsappliance/appliance/outcome"
 )
 
 // Firewall is the appliance's iptables: an IPv4 and an IPv6 rule set
@@ -40,12 +41,17 @@ type Firewall struct {
 	// +checklocks:mu
 	pending *pendingApply
 
+	early []*EarlyFilter // set by NewFirewall, then read-only
+
 	c fwCounters
 }
 
 // ruleState is one published pair of rule sets.
 type ruleState struct {
 	v4, v6 *iptables.Ruleset
+	// eval4 and eval6 are what packets are evaluated against: v4 and v6
+	// without the raw PREROUTING rules the early filters run.
+	eval4, eval6 *iptables.Ruleset
 	// track turns connection tracking on: a rule looks at ct state or
 	// counts connections, or has a NAT target. As in Linux, where those
 	// matches and targets load conntrack into the namespace, nothing else
@@ -79,6 +85,9 @@ type FirewallOptions struct {
 	Logger *slog.Logger
 	// MaxConns bounds the conntrack table (0: hooks' default).
 	MaxConns int
+	// EarlyFilters are the links' early filters; every rule set
+	// published is compiled into each.
+	EarlyFilters []*EarlyFilter
 }
 
 // NewFirewall attaches an empty firewall (everything accepted, tracking
@@ -89,16 +98,25 @@ func NewFirewall(s *netstack.Stack, opts FirewallOptions) (*Firewall, error) {
 		log = slog.Default()
 	}
 	fw := &Firewall{
-		log: log.With("component", "iptables"),
-		s:   s,
-		reg: hooks.NewRegistry(),
-		ct:  hooks.NewConntrack(hooks.ConntrackOptions{Max: opts.MaxConns}),
+		log:   log.With("component", "iptables"),
+		s:     s,
+		reg:   hooks.NewRegistry(),
+		ct:    hooks.NewConntrack(hooks.ConntrackOptions{Max: opts.MaxConns}),
+		early: opts.EarlyFilters,
 	}
-	fw.cur.Store(&ruleState{v4: iptables.New(iptables.IPv4), v6: iptables.New(iptables.IPv6)})
+	v4, v6 := iptables.New(iptables.IPv4), iptables.New(iptables.IPv6)
+	fw.cur.Store(&ruleState{v4: v4, v6: v6, eval4: v4, eval6: v6})
 	if err := fw.register(); err != nil {
 		return nil, err
 	}
 	fw.ns = hooks.Attach(s.Stack, fw.reg)
+	// Drops of received packets are packet outcomes (FilterRule).
+	for _, h := range []struct {
+		h hooks.Hook
+		o outcome.Hook
+	}{{hooks.Prerouting, outcome.HookPrerouting}, {hooks.Input, outcome.HookInput}, {hooks.Forward, outcome.HookForward}} {
+		s.AddDropProbe(fw.ns.DropCounter(h.h), outcome.FilterRule, h.o)
+	}
 	return fw, nil
 }
 
@@ -157,9 +175,9 @@ func (fw *Firewall) register() error {
 
 func (st *ruleState) of(f hooks.Family) *iptables.Ruleset {
 	if f == hooks.IPv6 {
-		return st.v6
+		return st.eval6
 	}
-	return st.v4
+	return st.eval4
 }
 
 // fill copies what rules look at from p into ip.
@@ -331,7 +349,17 @@ func needsTracking(rs *iptables.Ruleset) bool {
 func (fw *Firewall) publishLocked(v4, v6 *iptables.Ruleset) *ruleState {
 	v4.SetLogger(fw.log)
 	v6.SetLogger(fw.log)
-	st := &ruleState{v4: v4, v6: v6, track4: needsTracking(v4), track6: needsTracking(v6)}
+	st := &ruleState{v4: v4, v6: v6, eval4: v4, eval6: v6, track4: needsTracking(v4), track6: needsTracking(v6)}
+	if len(fw.early) > 0 {
+		var n4, n6 int
+		for _, f := range fw.early {
+			var p earlyProg
+			p.v4, n4 = compileEarly(v4)
+			p.v6, n6 = compileEarly(v6)
+			f.prog.Store(&p)
+		}
+		st.eval4, st.eval6 = withoutLeading(v4, n4), withoutLeading(v6, n6)
+	}
 	return fw.cur.Swap(st)
 }
 
@@ -493,6 +521,14 @@ func (fw *Firewall) Counters() map[string]uint64 {
 	m["reject_sent"] = fw.c.rejectSent.Load()
 	m["reject_failed"] = fw.c.rejectFailed.Load()
 	m["nat_failed"] = fw.c.natFailed.Load()
+	for i, f := range fw.early {
+		for k, v := range f.Counters() {
+			if len(fw.early) > 1 {
+				k = fmt.Sprintf("link%d_%s", i, k)
+			}
+			m[k] = v
+		}
+	}
 	return m
 }
 
@@ -543,8 +579,8 @@ type RuleText struct {
 
 // newFirewallWith attaches a firewall to s and loads rules; a parse error
 // names the family and line.
-func newFirewallWith(s *netstack.Stack, rules RuleText, log *slog.Logger) (*Firewall, error) {
-	fw, err := NewFirewall(s, FirewallOptions{Logger: log})
+func newFirewallWith(s *netstack.Stack, rules RuleText, early []*EarlyFilter, log *slog.Logger) (*Firewall, error) {
+	fw, err := NewFirewall(s, FirewallOptions{Logger: log, EarlyFilters: early})
 	if err != nil {
 		return nil, err
 	}

@@ -156,7 +156,7 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 	s.AddDropProbe(&g.tcpMemRefused, outcome.MemoryPressure, outcome.HookNone)
 	s.AddDropProbe(&g.tcpNoSocket, outcome.NoSocket, outcome.HookNone)
 	g.link = &linkTap{ownedLink: newOwnedLink(ep), g: g}
-	if g.fw, err = newFirewallWith(s, opts.Rules, opts.Logger); err != nil {
+	if g.fw, err = newFirewallWith(s, opts.Rules, opts.EarlyFilters, opts.Logger); err != nil {
 		cancel()
 		s.Destroy()
 		return nil, fmt.Errorf("gateway: %w", err)

@@ -99,6 +99,9 @@ type Options struct {
 	// Rules is iptables-save / ip6tables-save text applied before the
 	// first packet (--rules); a parse error fails NewGateway.
 	Rules RuleText
+	// EarlyFilters are early filters on the container link's reader
+	// (tun.EndpointOptions.Filter), compiled from the raw table.
+	EarlyFilters []*EarlyFilter
 	// CCRoutes give TCP connections whose host-side destination is in a
 	// prefix their own congestion control (Linux: ip route ... congctl).
 	CCRoutes []CCRoute

@@ -35,6 +35,9 @@ type RouterOptions struct {
 	// Rules is iptables-save / ip6tables-save text applied before the
 	// first packet (--rules); a parse error fails NewRouter.
 	Rules RuleText
+	// EarlyFilters are early filters on the links' readers, compiled from
+	// the raw table.
+	EarlyFilters []*EarlyFilter
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -77,7 +80,7 @@ func NewRouter(epA, epB stack.LinkEndpoint, opts RouterOptions) (*Router, error)
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	r := &Router{stack: s, log: opts.Logger.With("component", "router")}
-	if r.fw, err = newFirewallWith(s, opts.Rules, opts.Logger); err != nil {
+	if r.fw, err = newFirewallWith(s, opts.Rules, opts.EarlyFilters, opts.Logger); err != nil {
 		s.Destroy()
 		return nil, fmt.Errorf("router: %w", err)
 	}

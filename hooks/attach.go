@@ -17,7 +17,13 @@ type Netstack struct {
 	s     *stack.Stack
 	names atomic.Pointer[[]string] // NIC names by ID, copy-on-write
 	mu    sync.Mutex
+	// drops counts packets the hooks dropped, per hook, as netstack
+	// counters (for netstack.Stack.AddDropProbe).
+	drops [NumHooks]tcpip.StatCounter
 }
+
+// DropCounter returns the counter of packets dropped at hook h.
+func (n *Netstack) DropCounter(h Hook) *tcpip.StatCounter { return &n.drops[h] }
 
 var _ stack.NFTablesInterface = (*Netstack)(nil)
 
@@ -86,6 +92,9 @@ func (n *Netstack) run(h Hook, pkt *stack.PacketBuffer, r *stack.Route) bool {
 	v := n.reg.Run(p)
 	*p = Packet{}
 	packetPool.Put(p)
+	if v == Drop {
+		n.drops[h].Increment()
+	}
 	return v == Accept
 }
 

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsappliance/appliance/control"
 	"github.com/nsappliance/appliance/internal/testbed"
 )
 
@@ -113,6 +114,22 @@ func TestIptablesDifferential(t *testing.T) {
 			wg.Wait()
 			if k, a := kOut[0]+kOut[1], aOut[0]+aOut[1]; k != a {
 				t.Errorf("probe outcomes differ (-kernel +appliance):\n%s\nrules:\n%s\n%s", lineDiff(k, a), set.v4, set.v6)
+			}
+			if strings.HasPrefix(set.name, "raw-early") {
+				// The leading raw rules ran in the early filter.
+				c, err := control.NewClient(app.Name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var st map[string]uint64
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				if err := c.Do(ctx, "GET", "/v1/iptables/stats", nil, &st); err != nil {
+					t.Fatal(err)
+				}
+				if st["link0_early_dropped"]+st["link1_early_dropped"] == 0 || st["link0_early_rules_v4"] == 0 {
+					t.Errorf("early filter dropped nothing: %v", st)
+				}
 			}
 			// Counters, once every probe's packets have passed: a probe
 			// whose RST a rule dropped leaves the server to close later,
@@ -437,6 +454,22 @@ func differentialSets() []ruleSet {
 	for seed := uint64(1); seed <= uint64(n); seed++ {
 		sets = append(sets, randomSet(seed))
 	}
+	// Last, because a set without a *raw section keeps the raw table:
+	// rules the early filter runs on the TUN reader (the raw table's
+	// leading PREROUTING DROP rules), then one it cannot express (-i)
+	// and one after it, which stay in the slow path.
+	raw := func(rules ...string) string {
+		return "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" + strings.Join(rules, "\n") + "\nCOMMIT\n"
+	}
+	sets = append(sets,
+		ruleSet{"raw-early-drop", raw("-A PREROUTING -p udp -m udp --dport 5353 -j DROP",
+			"-A PREROUTING -s 10.2.0.0/24 -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j DROP",
+			"-A PREROUTING ! -d 10.0.0.0/8 -j DROP") + tables(none, nil, nil, nil),
+			raw("-A PREROUTING -p tcp -m tcp --dport 8080 -j DROP") + empty6},
+		ruleSet{"raw-early-then-slow", raw("-A PREROUTING -p icmp -j DROP",
+			"-A PREROUTING -i b -p udp -j DROP",
+			"-A PREROUTING -p tcp -m tcp --dport 22 -j DROP") + tables(none, nil, nil, nil),
+			raw("-A PREROUTING -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j DROP", "-A PREROUTING -i a -p udp -j DROP") + empty6})
 	return sets
 }
 

@@ -41,6 +41,12 @@ type EndpointOptions struct {
 	// been delivered (and GRO flushed), holding no stack locks: where
 	// deferred TCP processing (tcp.ProcessDeferred) belongs.
 	AfterBatch func()
+	// Filter, if set, sees every packet the reader takes, as raw IP
+	// bytes (a GSO super-packet whole), before a packet buffer is built;
+	// true drops it (counted in rx_filtered), the role XDP plays. It runs
+	// on the reader goroutine, must not keep b and should not allocate
+	// (appliance.EarlyFilter.Filter).
+	Filter func(b []byte) bool
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -59,6 +65,7 @@ type Endpoint struct {
 	log      *slog.Logger
 	fullCsum bool
 	after    func()
+	filter   func([]byte) bool
 
 	mtu atomic.Uint32
 
@@ -137,6 +144,7 @@ func NewEndpoint(dev *Device, opts EndpointOptions) (*Endpoint, error) {
 		budget:   opts.Budget,
 		fullCsum: opts.CompleteChecksums,
 		after:    opts.AfterBatch,
+		filter:   opts.Filter,
 		log:      log.With("component", "tun", "dev", dev.Name),
 		done:     make(chan struct{}),
 		uso:      make([]byte, maxPacket),
@@ -386,6 +394,12 @@ func (e *Endpoint) receive(b []byte) {
 		if h.gsoType != vnetGSONone {
 			e.stats.RxGSO.Add(1)
 		}
+	}
+	if e.filter != nil && e.filter(b) {
+		e.stats.RxFiltered.Add(1)
+		return
+	}
+	if e.dev.VnetHdr {
 		if h.gsoType&^vnetGSOECN == vnetGSOUDPL4 {
 			if err := splitUSO(b, int(h.gsoSize), e.uso, func(seg []byte) {
 				e.enqueue(buffer.NewViewWithData(seg), nil)
@@ -523,13 +537,16 @@ func (e *Endpoint) txHeader(pkt *stack.PacketBuffer) vnetHdr {
 type Stats struct {
 	RxPackets, RxBytes, RxGSO, RxErrors, RxDropped atomic.Uint64
 	TxPackets, TxBytes, TxGSO, TxErrors            atomic.Uint64
+
+	// RxFiltered counts packets EndpointOptions.Filter dropped.
+	RxFiltered atomic.Uint64
 }
 
 // Map returns the counters by stable snake_case name.
 func (s *Stats) Map() map[string]uint64 {
 	return map[string]uint64{
 		"rx_packets": s.RxPackets.Load(), "rx_bytes": s.RxBytes.Load(), "rx_gso": s.RxGSO.Load(),
-		"rx_errors": s.RxErrors.Load(), "rx_dropped": s.RxDropped.Load(),
+		"rx_errors": s.RxErrors.Load(), "rx_dropped": s.RxDropped.Load(), "rx_filtered": s.RxFiltered.Load(),
 		"tx_packets": s.TxPackets.Load(), "tx_bytes": s.TxBytes.Load(), "tx_gso": s.TxGSO.Load(),
 		"tx_errors": s.TxErrors.Load(),
 	}

@@ -191,7 +191,9 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 		// GRO off: it would merge segments into packets larger than the
 		// egress MTU without GSO metadata. Partial checksums are completed
 		// because a forwarded packet leaves without the NEEDS_CSUM flag.
-		ep, err := tun.NewEndpoint(dev, tun.EndpointOptions{Logger: log, DisableGRO: true, CompleteChecksums: true})
+		early := appliance.NewEarlyFilter()
+		opts.EarlyFilters = append(opts.EarlyFilters, early)
+		ep, err := tun.NewEndpoint(dev, tun.EndpointOptions{Logger: log, DisableGRO: true, CompleteChecksums: true, Filter: early.Filter})
 		if err != nil {
 			dev.File.Close()
 			closeLinks()
@@ -202,6 +204,8 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 	outcomes := outcome.NewTable()
 	opts.Stack.Outcomes = outcomes
 	linkA := outcomes.Link(appliance.RouterNICA)
+	opts.EarlyFilters[0].SetOutcomes(linkA)
+	opts.EarlyFilters[1].SetOutcomes(outcomes.Link(appliance.RouterNICB))
 	// Link a's endpoint carries every packet between the namespaces once
 	// each way (in: A to B, out: B to A), so the emulation wraps it. It is
 	// always wrapped, so `appliance emulate` can turn emulation on later.

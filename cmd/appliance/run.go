@@ -256,7 +256,9 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	// 0004): all of gateway mode's inbound TCP comes through this reader.
 	deferTCP := os.Getenv("APPLIANCE_PROCESSOR_TCP") == ""
 	tcp.SetDeferredProcessing(deferTCP)
-	epOpts := tun.EndpointOptions{Logger: log}
+	early := appliance.NewEarlyFilter()
+	opts.EarlyFilters = []*appliance.EarlyFilter{early}
+	epOpts := tun.EndpointOptions{Logger: log, Filter: early.Filter}
 	if deferTCP {
 		epOpts.AfterBatch = tcp.ProcessDeferred
 	}
@@ -270,6 +272,7 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	outcomes := outcome.NewTable()
 	opts.Stack.Outcomes = outcomes
 	linkOut := outcomes.Link(appliance.NICName)
+	early.SetOutcomes(linkOut)
 	var link stack.LinkEndpoint = netstack.EdgeLink(ep, linkOut)
 	if f.pcap != "" {
 		var pf *capture.File
