@@ -99,8 +99,8 @@ func equalBools(a, b []bool) bool {
 }
 
 func BenchmarkEarlyFilter(b *testing.B) {
-	rs, err := iptables.Parse(strings.NewReader("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" +
-		"-A PREROUTING -s 192.0.2.0/24 -j DROP\n-A PREROUTING -p udp -m udp --dport 9 -j DROP\n" +
+	rs, err := iptables.Parse(strings.NewReader("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"+
+		"-A PREROUTING -s 192.0.2.0/24 -j DROP\n-A PREROUTING -p udp -m udp --dport 9 -j DROP\n"+
 		"-A PREROUTING -p tcp -m tcp --syn -m hashlimit --hashlimit-above 1000/sec --hashlimit-mode srcip --hashlimit-name s -j DROP\nCOMMIT\n"), iptables.IPv4)
 	if err != nil {
 		b.Fatal(err)
