@@ -175,7 +175,7 @@ func (r *tcpRelay) NotifyEvent(m waiter.EventMask) {
 // hostEvent is called by the host poller with the socket's epoll events.
 func (r *tcpRelay) hostEvent(ev uint32) {
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		r.kick(&r.down)
+		r.downInline()
 	}
 	if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 || (ev&unix.EPOLLOUT != 0 && r.up.full.Load()) {
 		r.kick(&r.up)
@@ -205,66 +205,58 @@ func (r *tcpRelay) kick(d *relayDir) {
 	}
 }
 
-// downLinger is how long the host-to-container worker keeps waiting in
-// Go's poller after the host socket ran dry, so that a reply arriving soon
-// (request/response traffic) is read at once rather than through the
-// epoll goroutine and a new worker. An idle connection pays it once.
-const downLinger = 2 * time.Millisecond
-
 // work runs d until it has nothing to do and no kick arrived meanwhile.
 func (r *tcpRelay) work(d *relayDir) {
-	lingered := false
 	for {
 		d.state.Store(dirRunning)
 		var err error
 		if d == &r.up {
 			err = r.pumpUp()
 		} else {
-			err = r.pumpDown()
+			_, err = r.pumpDown(0)
 		}
-		if err != nil {
-			r.releasePending(d)
-			r.finish(err)
-		}
-		if r.closed.Load() {
-			r.releasePending(d)
-		}
-		if d == &r.down && err == nil && !lingered && !r.closed.Load() && d.pending == nil && !d.eof {
-			// The first wait may end at once on readiness the poller
-			// saw before (our reads do not consume it); the second is
-			// the real one.
-			if r.waitHostReadable(downLinger) {
-				continue
-			}
-			lingered = true
-			if r.waitHostReadable(downLinger) {
-				lingered = false
-				continue
-			}
-		}
-		if d.state.CompareAndSwap(dirRunning, dirIdle) {
+		if r.settle(d, err) {
 			return
 		}
-		lingered = false
 	}
 }
 
-// waitHostReadable waits up to d in Go's poller for the host socket to be
-// readable (or hung up) and reports whether it became so.
-func (r *tcpRelay) waitHostReadable(d time.Duration) bool {
-	if r.host.SetReadDeadline(time.Now().Add(d)) != nil {
-		return false
+// settle ends a pass over d: on error the relay is aborted; it reports
+// whether d went idle (no kick arrived during the pass).
+func (r *tcpRelay) settle(d *relayDir, err error) bool {
+	if err != nil {
+		r.releasePending(d)
+		r.finish(err)
 	}
-	first := true
-	err := r.rc.Read(func(uintptr) bool {
-		if first {
-			first = false
-			return false // wait
-		}
-		return true
-	})
-	r.host.SetReadDeadline(time.Time{})
-	return err == nil
+	if r.closed.Load() {
+		r.releasePending(d)
+	}
+	return d.state.CompareAndSwap(dirRunning, dirIdle)
+}
+
+// downInline handles host readiness on the host poller's goroutine when
+// no worker runs: one read and its write into netstack, which is all a
+// request/response exchange needs, without starting a goroutine. If the
+// read filled the buffer, the destination was full or a kick arrived
+// meanwhile, a worker takes over.
+func (r *tcpRelay) downInline() {
+	d := &r.down
+	if !d.state.CompareAndSwap(dirIdle, dirRunning) {
+		r.kick(d)
+		return
+	}
+	more, err := r.pumpDown(1)
+	if !more && r.settle(d, err) {
+		return
+	}
+	if more && err != nil {
+		r.settle(d, err) // aborts; a kick from finish may need a worker
+	}
+	// Still running (more to do, or kicked): a worker continues.
+	if !r.g.spawn(func() { r.work(d) }) {
+		d.state.Store(dirIdle)
+		r.releasePending(d)
+	}
 }
 
 func (r *tcpRelay) releasePending(d *relayDir) {
@@ -357,9 +349,14 @@ func (r *tcpRelay) writeHost(d *relayDir) error {
 }
 
 // pumpDown moves host data to the container until the host socket has
-// none or the endpoint's send buffer is full.
-func (r *tcpRelay) pumpDown() error {
+// none (EAGAIN: the edge-triggered poller reports the next arrival; EOF
+// may come with the last data, so it always reads until then) or the
+// endpoint's send buffer is full. With reads > 0 it stops after that many
+// reads that filled the buffer and reports more (the socket may hold
+// more), or when the destination is full with data pending.
+func (r *tcpRelay) pumpDown(reads int) (more bool, err error) {
 	d := &r.down
+	nreads := 0
 	for !r.closed.Load() {
 		if d.pending != nil {
 			var rd bytes.Reader
@@ -379,25 +376,28 @@ func (r *tcpRelay) pumpDown() error {
 				if !d.full.Swap(true) {
 					continue
 				}
-				return nil
+				return d.pending != nil, nil
 			default:
-				return errors.New(terr.String())
+				return false, errors.New(terr.String())
 			}
 		}
 		if d.eof {
-			return nil
+			return false, nil
+		}
+		if reads > 0 && nreads >= reads {
+			return true, nil
 		}
 		var bp *[]byte
 		var n int
 		var rerr error
-		err := r.rc.Read(func(fd uintptr) bool {
+		err = r.rc.Read(func(fd uintptr) bool {
 			bp = relayBufs.Get().(*[]byte)
 			n, rerr = unix.Read(int(fd), *bp)
 			return true
 		})
 		if err == nil && rerr == unix.EAGAIN {
 			relayBufs.Put(bp)
-			return nil
+			return false, nil
 		}
 		if err == nil {
 			err = rerr
@@ -406,18 +406,21 @@ func (r *tcpRelay) pumpDown() error {
 			if bp != nil {
 				relayBufs.Put(bp)
 			}
-			return err
+			return false, err
 		}
 		if n == 0 {
 			relayBufs.Put(bp)
 			d.eof = true
 			r.ep.Shutdown(tcpip.ShutdownWrite)
 			r.directionEnded()
-			return nil
+			return false, nil
 		}
 		d.pending, d.off, d.n = bp, 0, n
+		if n == len(*bp) {
+			nreads++ // a full buffer: the socket may hold more
+		}
 	}
-	return nil
+	return false, nil
 }
 
 // directionEnded notes an EOF passed through; the second one closes the
