@@ -12,6 +12,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -136,13 +138,32 @@ func waitCounter(t *testing.T, app *testbed.Appliance, name string, want uint64)
 	return stats(t, app, name)[name]
 }
 
-// TestDropReasons: a malformed packet, a packet for no connection and a
-// packet lost by link emulation each raise exactly their drop reason by
-// one (skb_* in `appliance stats`, appliance_skb_* in the metrics).
-// Filter-rule drops come with the hooks work; the reason exists
-// (outcome.FilterRule, classified from netstack's iptables counters).
+// dropRules drops UDP to port 9001 in the filter table's INPUT chain and
+// UDP to port 9002 in the raw table's PREROUTING chain (which the early
+// ingress filter runs before netstack).
+const dropRules = `*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -p udp --dport 9002 -j DROP
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p udp --dport 9001 -j DROP
+COMMIT
+`
+
+// TestDropReasons: a malformed packet, a packet for no connection, a
+// packet a filter rule drops, one the early filter drops and one lost by
+// link emulation each raise exactly their drop reason by one (skb_* in
+// `appliance stats`, appliance_skb_* in the metrics).
 func TestDropReasons(t *testing.T) {
-	tp := newTopo(t, topoOpts{args: []string{"--metrics", "127.0.0.1:9471"}})
+	rules := filepath.Join(t.TempDir(), "rules")
+	if err := os.WriteFile(rules, []byte(dropRules), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tp := newTopo(t, topoOpts{args: []string{"--metrics", "127.0.0.1:9471", "--rules", rules}})
 	dst := fmt.Sprintf("198.18.0.2:%d", echoPort)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -158,6 +179,14 @@ func TestDropReasons(t *testing.T) {
 			_, err := runHelper(ctx, tp.cont, "rawsend", "-kind", "ack", "-dst", dst)
 			return err
 		}},
+		{"filter rule", "skb_udp_drop_filter_rule", func() error {
+			_, err := tp.cont.Run(ctx, "bash", "-c", "echo x > /dev/udp/198.18.0.2/9001")
+			return err
+		}},
+		{"early filter", "skb_udp_drop_early_filter", func() error {
+			_, err := tp.cont.Run(ctx, "bash", "-c", "echo x > /dev/udp/198.18.0.2/9002")
+			return err
+		}},
 		{"emulation loss", "skb_udp_drop_emulation_loss", func() error {
 			setEmulationCtl(t, tp.app, "loss=100%")
 			defer setEmulationCtl(t, tp.app, "none")
@@ -168,12 +197,19 @@ func TestDropReasons(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			proto := strings.Split(tc.counter, "_")[1] // skb_PROTO_...
 			before := stats(t, tp.app, tc.counter)[tc.counter]
+			rxBefore := received(stats(t, tp.app, "skb_"+proto+"_*"), proto)
 			if err := tc.send(); err != nil {
 				t.Fatal(err)
 			}
 			if got := waitCounter(t, tp.app, tc.counter, before+1); got != before+1 {
 				t.Errorf("%s went from %d to %d, want +1", tc.counter, before, got)
+			}
+			// Exactly one outcome: no other received-packet outcome of
+			// the protocol moved.
+			if rx := received(stats(t, tp.app, "skb_"+proto+"_*"), proto); rx != rxBefore+1 {
+				t.Errorf("%s packets received went from %d to %d over all outcomes, want +1", proto, rxBefore, rx)
 			}
 		})
 	}
@@ -183,12 +219,26 @@ func TestDropReasons(t *testing.T) {
 		`(?m)^appliance_skb_packets_total\{hook="",link="tun0",outcome="drop",proto="tcp",reason="malformed"\} 1$`,
 		`(?m)^appliance_skb_packets_total\{hook="",link="tun0",outcome="drop",proto="tcp",reason="no_socket"\} 1$`,
 		`(?m)^appliance_skb_packets_total\{hook="ingress",link="tun0",outcome="drop",proto="udp",reason="emulation_loss"\} 1$`,
+		`(?m)^appliance_skb_packets_total\{hook="input",link="tun0",outcome="drop",proto="udp",reason="filter_rule"\} 1$`,
+		`(?m)^appliance_skb_packets_total\{hook="ingress",link="tun0",outcome="drop",proto="udp",reason="early_filter"\} 1$`,
 		`(?m)^appliance_skb_packets_total\{hook="egress",link="tun0",outcome="transmitted",proto="tcp",reason="transmitted"\} [1-9]`,
 	} {
 		if !regexp.MustCompile(re).MatchString(out) {
 			t.Errorf("metrics lack %s\n%s", re, grepLines(out, "appliance_skb_packets"))
 		}
 	}
+}
+
+// received sums the per-protocol outcome counters of received packets
+// (all but transmitted and the _bytes twins).
+func received(m map[string]uint64, proto string) uint64 {
+	var n uint64
+	for k, v := range m {
+		if strings.HasPrefix(k, "skb_"+proto+"_") && !strings.HasSuffix(k, "_bytes") && !strings.Contains(k, "transmitted") {
+			n += v
+		}
+	}
+	return n
 }
 
 func setEmulationCtl(t *testing.T, app *testbed.Appliance, spec string) {
