@@ -16,7 +16,7 @@ import (
 const PageSize = 4096
 
 // Bounds of the accounting scan's interval: it scans every endpoint, so
-// it backs off as they grow (at most about 5% of a core).
+// it backs off as they grow (at most about 2% of a core).
 const (
 	memScanMin = 50 * time.Millisecond
 	memScanMax = 2 * time.Second
@@ -121,7 +121,7 @@ func (m *memAccount) run() {
 		}
 		start := time.Now()
 		m.scan(start)
-		interval = min(memScanMax, max(memScanMin, 20*time.Since(start)))
+		interval = min(memScanMax, max(memScanMin, 50*time.Since(start)))
 		t.Reset(interval)
 	}
 }
