@@ -40,6 +40,7 @@ bench: deps build
 	$(BIN) bench --time 5s
 	$(BIN) bench --conns 10000,50000
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./...
+	$(GO) test -tags integration -run '^$$' -bench 'Iptables' -benchtime 3x ./integration/
 
 clean:
 	rm -rf bin integration.log

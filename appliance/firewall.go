@@ -35,6 +35,8 @@ type Firewall struct {
 	reg *hooks.Registry
 	ct  *hooks.Conntrack
 	cur atomic.Pointer[ruleState]
+	// policy is the built-in default policy (SetPolicy).
+	policy atomic.Pointer[policyState]
 
 	// mu serialises edits (Apply, Exec, rollback).
 	mu sync.Mutex
@@ -136,7 +138,7 @@ func (fw *Firewall) register() error {
 	}
 	nat := func(p *hooks.Packet) hooks.Verdict { return fw.ct.NAT(p, fw.chooseNAT) }
 	track := func(p *hooks.Packet) hooks.Verdict {
-		if p.Buf.NFConn != nil || !fw.cur.Load().tracks(p.Family) {
+		if p.Buf.NFConn != nil || !fw.cur.Load().tracks(p.Family) && !fw.policy.Load().tracks(p.Family) {
 			return hooks.Accept // already tracked (an answer we built), or off
 		}
 		return fw.ct.In(p)
@@ -148,11 +150,13 @@ func (fw *Firewall) register() error {
 		{Name: "nat", Hook: hooks.Prerouting, Priority: hooks.PriorityDNAT, Fn: nat},
 
 		{Name: "mangle", Hook: hooks.Input, Priority: hooks.PriorityMangle, Fn: table(iptables.TableMangle)},
+		{Name: "policy", Hook: hooks.Input, Priority: hooks.PriorityFilter - 1, Fn: fw.evalPolicy},
 		{Name: "filter", Hook: hooks.Input, Priority: hooks.PriorityFilter, Fn: table(iptables.TableFilter)},
 		{Name: "nat", Hook: hooks.Input, Priority: hooks.PrioritySNAT, Fn: nat},
 		{Name: "conntrack_confirm", Hook: hooks.Input, Priority: hooks.PriorityConntrackConfirm, Fn: fw.ct.Confirm},
 
 		{Name: "mangle", Hook: hooks.Forward, Priority: hooks.PriorityMangle, Fn: table(iptables.TableMangle)},
+		{Name: "policy", Hook: hooks.Forward, Priority: hooks.PriorityFilter - 1, Fn: fw.evalPolicy},
 		{Name: "filter", Hook: hooks.Forward, Priority: hooks.PriorityFilter, Fn: table(iptables.TableFilter)},
 
 		{Name: "raw", Hook: hooks.Output, Priority: hooks.PriorityRaw, Fn: table(iptables.TableRaw)},
@@ -223,13 +227,30 @@ func (fw *Firewall) fill(ip *iptables.Packet, p *hooks.Packet) {
 	ip.Conns = fw.ct
 }
 
+// ipPackets recycles iptables.Packet: Eval hands it to match interfaces,
+// so one on the stack would escape to the heap for every packet.
+var ipPackets = sync.Pool{New: func() any { return new(iptables.Packet) }}
+
+// eval fills an iptables.Packet from p, runs table and writes back the
+// mark.
+func (fw *Firewall) eval(rs *iptables.Ruleset, table string, p *hooks.Packet) iptables.Verdict {
+	ip := ipPackets.Get().(*iptables.Packet)
+	*ip = iptables.Packet{}
+	fw.fill(ip, p)
+	v := rs.Eval(table, ip)
+	p.Buf.Mark = ip.Mark
+	*ip = iptables.Packet{}
+	ipPackets.Put(ip)
+	return v
+}
+
 // evalTable runs one table at p's hook and executes its verdict.
 func (fw *Firewall) evalTable(table string, p *hooks.Packet) hooks.Verdict {
 	rs := fw.cur.Load().of(p.Family)
-	var ip iptables.Packet
-	fw.fill(&ip, p)
-	v := rs.Eval(table, &ip)
-	p.Buf.Mark = ip.Mark
+	if rs.Table(table) == nil {
+		return hooks.Accept // not loaded: nothing to count either
+	}
+	v := fw.eval(rs, table, p)
 	switch v.Kind {
 	case iptables.Accept:
 		return hooks.Accept
@@ -248,10 +269,7 @@ func (fw *Firewall) evalTable(table string, p *hooks.Packet) hooks.Verdict {
 // concrete rewrite.
 func (fw *Firewall) chooseNAT(p *hooks.Packet) (hooks.NATRange, bool, hooks.Verdict) {
 	rs := fw.cur.Load().of(p.Family)
-	var ip iptables.Packet
-	fw.fill(&ip, p)
-	v := rs.Eval(iptables.TableNAT, &ip)
-	p.Buf.Mark = ip.Mark
+	v := fw.eval(rs, iptables.TableNAT, p)
 	var r hooks.NATRange
 	switch v.Kind {
 	case iptables.Accept:

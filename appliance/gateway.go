@@ -161,6 +161,11 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 		s.Destroy()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	if err := g.fw.SetPolicy(policyRules(opts.IPv4, opts.IPv6, opts.AllowHostLoopback)); err != nil {
+		cancel()
+		s.Destroy()
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
 
 	addrs := []tcpip.AddressWithPrefix{
 		addrWithPrefix(opts.IPv4.Gateway, opts.IPv4.Prefix),

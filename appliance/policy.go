@@ -87,6 +87,11 @@ func (p policy) resolve(dst netip.AddrPort, pr proto) (netip.AddrPort, error) {
 		return netip.AddrPortFrom(netip.IPv6Loopback(), port), nil
 	}
 	a = a.Unmap()
+	if a == metadata4 || a == metadata6 {
+		// Also a rule of the built-in policy chain; kept here so no NAT
+		// rule can route a flow around it.
+		return netip.AddrPort{}, errDenied
+	}
 	if a.Is6() {
 		b := a.As16()
 		// ::/96 holds ::, ::1 and the deprecated v4-compatible addresses;

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -338,4 +339,52 @@ func quotesID(q []byte, v6 bool, id int) bool {
 		off = int(q[0]&0xf) * 4
 	}
 	return len(q) >= off+6 && int(q[off+4])<<8|int(q[off+5]) == id
+}
+
+// helperUDPFlood sends small UDP datagrams to ADDR as fast as THREADS
+// goroutines can until SIGTERM, then prints how many it sent.
+// Usage: udpflood ADDR THREADS
+func helperUDPFlood(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: udpflood ADDR THREADS")
+	}
+	n, err := strconv.Atoi(args[1])
+	if err != nil {
+		return err
+	}
+	var sent atomic.Uint64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("udp", args[0])
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			b := make([]byte, 18)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				for j := 0; j < 64; j++ {
+					if _, err := c.Write(b); err == nil {
+						sent.Add(1)
+					}
+				}
+			}
+		}()
+	}
+	fmt.Println("ready")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	close(stop)
+	wg.Wait()
+	fmt.Println("sent", sent.Load())
+	return nil
 }

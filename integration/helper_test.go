@@ -66,6 +66,8 @@ func helperMain(args []string) int {
 		err = helperFWServe(args[2:])
 	case "fwprobe":
 		err = helperFWProbe(args[2:])
+	case "udpflood":
+		err = helperUDPFlood(args[2:])
 	case "slowsink":
 		err = helperSlowSink(args[2:])
 	case "tcpsend":

@@ -63,7 +63,7 @@ func runTests(m *testing.M) int {
 
 // requireRoot skips loudly without root and fails if the binary did not
 // build.
-func requireRoot(t *testing.T) {
+func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create network namespaces")
@@ -138,7 +138,7 @@ func newTopo(t *testing.T, o topoOpts) *topo {
 }
 
 // startIperf3 runs an iperf3 server on iperfPort in ns until the test ends.
-func startIperf3(t *testing.T, ns *testbed.Netns) *testbed.Proc {
+func startIperf3(t testing.TB, ns *testbed.Netns) *testbed.Proc {
 	t.Helper()
 	p, err := ns.Start("iperf3", "-s", "-p", fmt.Sprint(iperfPort))
 	if err != nil {
@@ -151,7 +151,7 @@ func startIperf3(t *testing.T, ns *testbed.Netns) *testbed.Proc {
 	return p
 }
 
-func newNetns(t *testing.T, prefix string) *testbed.Netns {
+func newNetns(t testing.TB, prefix string) *testbed.Netns {
 	t.Helper()
 	n, err := testbed.NewNetns(prefix)
 	if err != nil {
@@ -196,7 +196,7 @@ func startAppliance(t *testing.T, host *testbed.Netns, args ...string) *testbed.
 
 // checkLeakExit fails the test if the appliance exited reporting leaked
 // packet buffers.
-func checkLeakExit(t *testing.T, code int, stderr string) {
+func checkLeakExit(t testing.TB, code int, stderr string) {
 	t.Helper()
 	if code == leakcheck.ExitCode || strings.Contains(stderr, "leak check failed") {
 		t.Errorf("appliance leaked packet buffers (exit %d):\n%s", code, tail(stderr, 4000))
@@ -204,7 +204,7 @@ func checkLeakExit(t *testing.T, code int, stderr string) {
 }
 
 // helperCmd starts this test binary as a helper in ns.
-func startHelper(t *testing.T, ns *testbed.Netns, mode string, args ...string) *testbed.Proc {
+func startHelper(t testing.TB, ns *testbed.Netns, mode string, args ...string) *testbed.Proc {
 	t.Helper()
 	cmd := ns.Command(context.Background(), selfBin, append([]string{"helper", mode}, args...)...)
 	cmd.Env = append(os.Environ(), helperEnv+"=1")

@@ -26,7 +26,7 @@ const (
 // startRouter runs `appliance router --name N ARGS... A B` in host, waits
 // for its control socket and stops it at cleanup (logging stderr if the
 // test failed).
-func startRouter(t *testing.T, host, a, b *testbed.Netns, args ...string) *testbed.Appliance {
+func startRouter(t testing.TB, host, a, b *testbed.Netns, args ...string) *testbed.Appliance {
 	t.Helper()
 	app, err := testbed.StartMode(applianceBin, host, "router", append(append([]string{"--name", testbed.UniqueName("itr")}, args...), a.Path, b.Path)...)
 	if err != nil {

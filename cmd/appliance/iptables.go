@@ -139,8 +139,26 @@ func iptablesExec(fw *appliance.Firewall, ipv6 bool, args []string) (string, err
 	var b bytes.Buffer
 	switch cmd.Op {
 	case iptables.OpList:
+		pv4, pv6 := fw.Policy()
+		pol := pv4
+		if ipv6 {
+			pol = pv6
+		}
+		if cmd.Chain == appliance.PolicyChain && cmd.Table == iptables.TableFilter && pol != nil {
+			// The built-in default policy (docs/hooks.md).
+			if err := pol.List(&b, cmd.Table, cmd.Chain, cmd.List); err != nil {
+				return "", err
+			}
+			return b.String(), nil
+		}
 		if err := rs.List(&b, cmd.Table, cmd.Chain, cmd.List); err != nil {
 			return "", err
+		}
+		if cmd.Chain == "" && cmd.Table == iptables.TableFilter && pol != nil {
+			b.WriteString("\n")
+			if err := pol.List(&b, cmd.Table, appliance.PolicyChain, cmd.List); err != nil {
+				return "", err
+			}
 		}
 		if cmd.ZeroToo {
 			if err := rs.Zero(cmd.Table, cmd.Chain); err != nil {
