@@ -62,6 +62,10 @@ func (t *linkTap) inject(proto tcpip.NetworkProtocolNumber, b []byte) tcpip.Erro
 		pkt.NetworkHeader().Consume(header.IPv6MinimumSize)
 		pkt.TransportHeader().Consume(header.ICMPv6EchoMinimumSize)
 	}
+	if !t.g.echoHooksOut(pkt) {
+		pkt.DecRef()
+		return nil
+	}
 	var l stack.PacketBufferList
 	l.PushBack(pkt)
 	_, err := t.LinkEndpoint.WritePackets(l)
@@ -92,6 +96,11 @@ func (d *tapDispatcher) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, 
 		g.c.pingsDropped.Add(1)
 		g.outcomes.Drop(outcome.NotSpecified, outcome.HookNone, outcome.ProtoICMP, pkt.Size())
 	case echoRelay:
+		if !g.echoHooksIn(proto, pkt) {
+			g.c.pingsDropped.Add(1)
+			g.outcomes.Drop(outcome.FilterRule, outcome.HookInput, outcome.ProtoICMP, pkt.Size())
+			return
+		}
 		g.outcomes.Count(outcome.Answered, outcome.HookNone, outcome.ProtoICMP, pkt.Size())
 		g.startPing(req)
 	}

@@ -101,6 +101,29 @@ func TestIptablesGateway(t *testing.T) {
 	ctl("iptables", "-I", "INPUT", "-p", "tcp", "--dport", "7", "-j", "REJECT", "--reject-with", "tcp-reset")
 	wantEcho(refused)
 
+	// Pings the gateway relays itself pass the hooks too.
+	ping := func() string {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		out, err := runHelper(ctx, tp.cont, "fwprobe", "ping=ping:198.18.0.2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(out)
+	}
+	if out := ping(); !strings.HasPrefix(out, "ping ok") {
+		t.Errorf("ping before the rule: %q, want ok", out)
+	}
+	ctl("iptables", "-A", "INPUT", "-p", "icmp", "-m", "icmp", "--icmp-type", "echo-request", "-j", "REJECT", "--reject-with", "icmp-host-prohibited")
+	if out := ping(); !strings.HasPrefix(out, "ping icmp 3/10") {
+		t.Errorf("ping with REJECT icmp-host-prohibited at INPUT: %q, want icmp 3/10", out)
+	}
+	ctl("iptables", "-D", "INPUT", "-p", "icmp", "-m", "icmp", "--icmp-type", "echo-request", "-j", "REJECT", "--reject-with", "icmp-host-prohibited")
+	if out := ping(); !strings.HasPrefix(out, "ping ok") {
+		t.Errorf("ping after -D: %q, want ok", out)
+	}
+
 	// A bad file is refused naming its line, and nothing changes.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	out2, err := tp.app.Ctl(ctx, "iptables-restore", bad)
