@@ -200,6 +200,8 @@ type Conntrack struct {
 	nextID atomic.Uint64
 	count  atomic.Int64
 	shards [numShards]ctShard
+	// byID finds a confirmed connection by ID (connlimit's Alive).
+	byID sync.Map // uint64 -> *Conn
 
 	Stats ConntrackStats
 }
@@ -277,6 +279,7 @@ func (ct *Conntrack) remove(c *Conn) {
 		s.mu.Unlock()
 	}
 	if removed {
+		ct.byID.Delete(c.ID)
 		ct.count.Add(-1)
 	}
 }
@@ -300,19 +303,16 @@ func (ct *Conntrack) Conns() []*Conn {
 // Alive reports whether connection id is still in the table and not
 // closing (what -m connlimit counts).
 func (ct *Conntrack) Alive(id uint64) bool {
-	for i := range ct.shards {
-		s := &ct.shards[i]
-		s.mu.Lock()
-		for _, r := range s.m {
-			if r.c.ID == id {
-				st := r.c.tcp.Load()
-				s.mu.Unlock()
-				return st != tcpFinWait && st != tcpClose
-			}
-		}
-		s.mu.Unlock()
+	v, ok := ct.byID.Load(id)
+	if !ok {
+		return false
 	}
-	return false
+	c := v.(*Conn)
+	if c.deadline.Load() < ct.now().UnixNano() {
+		return false
+	}
+	st := c.tcp.Load()
+	return st != tcpFinWait && st != tcpClose
 }
 
 // Flush forgets every connection.
@@ -323,6 +323,7 @@ func (ct *Conntrack) Flush() {
 		s.m = make(map[Tuple]*ctRef)
 		s.mu.Unlock()
 	}
+	ct.byID.Clear()
 	ct.count.Store(0)
 }
 
@@ -399,9 +400,17 @@ func (ct *Conntrack) create(p *Packet, t Tuple, nowT time.Time) Verdict {
 		return Accept
 	}
 	if int(ct.count.Load()) >= ct.max {
-		ct.Stats.Full.Add(1)
-		ct.invalid(p)
-		return Accept
+		// Full: expired entries only leave when their shard is swept,
+		// which otherwise happens on insert; sweep one now, or a table
+		// full of dead entries would refuse new connections forever.
+		now := nowT.UnixNano()
+		ct.sweep(ct.shard(t), now)
+		ct.sweep(&ct.shards[int(ct.nextID.Load())%numShards], now)
+		if int(ct.count.Load()) >= ct.max {
+			ct.Stats.Full.Add(1)
+			ct.invalid(p)
+			return Accept
+		}
 	}
 	c := newConn(ct.nextID.Add(1), t)
 	if p.Proto == ProtoTCP {
@@ -538,6 +547,7 @@ func (ct *Conntrack) insert(c *Conn) {
 	if sweep {
 		so.lastSweep = now
 	}
+	ct.byID.Store(c.ID, c) // before unlocking: remove cannot run first
 	unlock2(so, sr)
 	ct.count.Add(1)
 	ct.Stats.Inserted.Add(1)

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -198,5 +199,38 @@ func TestPacketRewriteKeepsChecksumsValid(t *testing.T) {
 				t.Fatalf("after rewrite parsed %v:%d -> %v:%d", q.Src, q.SrcPort, q.Dst, q.DstPort)
 			}
 		})
+	}
+}
+
+func TestConntrackFullTableRecovers(t *testing.T) {
+	now := time.Unix(1000, 0)
+	ct := NewConntrack(ConntrackOptions{Max: 64, Now: func() time.Time { return now }})
+	src := netip.MustParseAddr("10.0.0.1")
+	dst := netip.MustParseAddr("10.0.0.2")
+	newFlow := func(port uint16) CTState {
+		pkt := buildPacket(t, false, ProtoUDP, src, dst, port, 53, nil)
+		p := NewPacket(Prerouting, pkt)
+		ct.In(p)
+		st := p.State
+		ct.Confirm(p)
+		return st
+	}
+	for i := 0; i < 64; i++ {
+		if st := newFlow(uint16(1000 + i)); st != StateNew {
+			t.Fatalf("flow %d: %v, want NEW", i, st)
+		}
+	}
+	if st := newFlow(5000); st != StateInvalid {
+		t.Fatalf("flow beyond Max: %v, want INVALID", st)
+	}
+	now = now.Add(time.Hour) // every UDP entry (30 s) expired
+	ok := 0
+	for i := 0; i < 64; i++ {
+		if newFlow(uint16(6000+i)) == StateNew {
+			ok++
+		}
+	}
+	if ok < 32 {
+		t.Fatalf("after expiry only %d of 64 new flows tracked: the full table did not recover", ok)
 	}
 }
