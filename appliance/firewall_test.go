@@ -118,3 +118,36 @@ func buildTestPacket(tb testing.TB, proto uint8, src, dst netip.Addr, sport, dpo
 	pkt.TransportHeader().Consume(l4len)
 	return pkt
 }
+
+// BenchmarkGatewayInbound is the hook cost of one inbound gateway packet
+// of an established connection: PREROUTING (conntrack lookup) and INPUT
+// (the built-in policy chain, an empty filter table, confirm), with the
+// default policy on (which turns conntrack on) and off.
+func BenchmarkGatewayInbound(b *testing.B) {
+	v4, err := NewLayout(netip.MustParsePrefix("10.0.2.0/24"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, policy := range []bool{false, true} {
+		b.Run(fmt.Sprintf("policy=%v", policy), func(b *testing.B) {
+			fw := newTestFirewall(b, "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
+			if policy {
+				if err := fw.SetPolicy(policyRules(v4, Layout{}, false)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			src, dst := netip.MustParseAddr("10.0.2.100"), netip.MustParseAddr("198.18.0.2")
+			pkt := buildTestPacket(b, hooks.ProtoTCP, src, dst, 40000, 80)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				pkt.NFConn = nil // a fresh packet of the same connection
+				for _, h := range []hooks.Hook{hooks.Prerouting, hooks.Input} {
+					if !fw.Netstack().Run(h, pkt, 1, 0) {
+						b.Fatal("dropped")
+					}
+				}
+			}
+		})
+	}
+}
