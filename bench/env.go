@@ -299,6 +299,10 @@ func (e *env) iperfRun(ctx context.Context, cfg *Config, path string, reverse bo
 			emulated = false
 		}
 	}
+	var nsBefore map[string]uint64
+	if path == PathAppliance && e.app != nil {
+		nsBefore, _ = netstackCounters(ctx, e.app.Name)
+	}
 	// 20 pings 50 ms apart, from half a second into the transfer: the RTT
 	// under load, as the transfer's packets see it.
 	pings := make(chan []byte, 1)
@@ -333,6 +337,14 @@ func (e *env) iperfRun(ctx context.Context, cfg *Config, path string, reverse bo
 		} else {
 			run.Emulated = true
 			run.QueueDrops, run.Lost = emulationDrops(before, after)
+		}
+	}
+	if nsBefore != nil {
+		if after, err := netstackCounters(ctx, e.app.Name); err == nil {
+			run.Netstack = true
+			run.NetstackTimeouts = counterDelta(nsBefore, after, "tcp_timeouts")
+			run.NetstackRetransmits = counterDelta(nsBefore, after, "tcp_retransmits")
+			run.NetstackLostRetransmits = counterDelta(nsBefore, after, "tcp_lost_retransmits")
 		}
 	}
 	return g, &run, errors.Join(errs...)

@@ -57,6 +57,15 @@ type Transfer struct {
 	Emulated   bool   `json:"emulated,omitempty"`
 	QueueDrops uint64 `json:"queue_drops"`
 	Lost       uint64 `json:"lost"`
+	// Netstack says whether the appliance's netstack counters were read;
+	// the rest are their increase during the run: retransmission
+	// timeouts, retransmitted segments and retransmissions found lost
+	// and sent again in SACK recovery (gVisor patch 0009). In gateway
+	// mode netstack is the download's sender.
+	Netstack                bool   `json:"netstack,omitempty"`
+	NetstackTimeouts        uint64 `json:"netstack_timeouts"`
+	NetstackRetransmits     uint64 `json:"netstack_retransmits"`
+	NetstackLostRetransmits uint64 `json:"netstack_lost_retransmits"`
 }
 
 // iperfDetail is the part of `iperf3 -J --get-server-output` a Transfer reads.
@@ -206,6 +215,30 @@ func emulationCounters(ctx context.Context, name string) (map[string]uint64, err
 		return nil, fmt.Errorf("read emulation counters: %w", err)
 	}
 	return st.Stats, nil
+}
+
+// netstackCounters reads a running appliance's netstack counters
+// (GET /v1/stats, the "netstack" group: tcp_timeouts, ...).
+func netstackCounters(ctx context.Context, name string) (map[string]uint64, error) {
+	c, err := control.NewClient(name)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var groups map[string]map[string]uint64
+	if err := c.Do(ctx, http.MethodGet, "/v1/stats", nil, &groups); err != nil {
+		return nil, fmt.Errorf("read netstack counters: %w", err)
+	}
+	return groups["netstack"], nil
+}
+
+// counterDelta is after[k] - before[k], 0 if the counter went back.
+func counterDelta(before, after map[string]uint64, k string) uint64 {
+	if after[k] < before[k] {
+		return 0
+	}
+	return after[k] - before[k]
 }
 
 // emulationDrops returns what the emulation dropped between two counter

@@ -36,6 +36,8 @@ type pairOpts struct {
 	ccName  string
 	mtu     uint32
 	emulate emulate.Spec // applied to a's link (both directions)
+	// wrap, if set, wraps a's pipe endpoint (under the emulation).
+	wrap func(stack.LinkEndpoint) stack.LinkEndpoint
 }
 
 func newPair(t testing.TB, o pairOpts) *pair {
@@ -57,8 +59,11 @@ func newPair(t testing.TB, o pairOpts) *pair {
 	p := &pair{a: mk(o.ccName), b: mk("reno")} // b only receives
 	la, lb := pipe.New("\x02\x00\x00\x00\x00\x01", "\x02\x00\x00\x00\x00\x02", o.mtu)
 	var linkA stack.LinkEndpoint = la
+	if o.wrap != nil {
+		linkA = o.wrap(la)
+	}
 	if o.emulate.Active() {
-		l, err := emulate.New(la, o.emulate, emulate.Options{})
+		l, err := emulate.New(linkA, o.emulate, emulate.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
