@@ -47,6 +47,7 @@ type MatrixRow struct {
 	// (gateway mode only, where netstack sends): retransmission timeouts,
 	// retransmitted segments, retransmissions found lost in recovery.
 	NetstackTimeouts        uint64 `json:"netstack_timeouts,omitempty"`
+	NetstackSpuriousRTOs    uint64 `json:"netstack_spurious_rtos,omitempty"`
 	NetstackRetransmits     uint64 `json:"netstack_retransmits,omitempty"`
 	NetstackLostRetransmits uint64 `json:"netstack_lost_retransmits,omitempty"`
 	Error                   string `json:"error,omitempty"`
@@ -113,7 +114,8 @@ func RunCCMatrix(ctx context.Context, mc MatrixConfig) ([]MatrixRow, error) {
 					row.Mbps = r.DownGbps * 1000
 					if r.Down != nil {
 						row.PingMeanMs, row.PingP95Ms, row.Retransmits = r.Down.PingMeanMs, r.Down.PingP95Ms, r.Down.Retransmits
-						row.NetstackTimeouts, row.NetstackRetransmits, row.NetstackLostRetransmits = r.Down.NetstackTimeouts, r.Down.NetstackRetransmits, r.Down.NetstackLostRetransmits
+						row.NetstackTimeouts, row.NetstackSpuriousRTOs = r.Down.NetstackTimeouts, r.Down.NetstackSpuriousRTOs
+						row.NetstackRetransmits, row.NetstackLostRetransmits = r.Down.NetstackRetransmits, r.Down.NetstackLostRetransmits
 					}
 					if len(r.Errors) > 0 {
 						row.Error = strings.Join(r.Errors, "; ")
@@ -129,7 +131,7 @@ func RunCCMatrix(ctx context.Context, mc MatrixConfig) ([]MatrixRow, error) {
 // WriteMatrix prints rows as a Markdown table: per algorithm and path, the
 // kernel's and the appliance's throughput, their ratio, and ping's RTT.
 func WriteMatrix(w io.Writer, rows []MatrixRow) {
-	fmt.Fprintln(w, "| cc | path | kernel Mbit/s | appliance Mbit/s | appliance/kernel | kernel RTT ms (mean/p95) | appliance RTT ms (mean/p95) | retrans k/a | netstack RTOs / retrans / lost rtx |")
+	fmt.Fprintln(w, "| cc | path | kernel Mbit/s | appliance Mbit/s | appliance/kernel | kernel RTT ms (mean/p95) | appliance RTT ms (mean/p95) | retrans k/a | netstack RTOs (spurious) / retrans / lost rtx |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for i := 0; i < len(rows); i++ {
 		k := rows[i]
@@ -148,9 +150,9 @@ func WriteMatrix(w io.Writer, rows []MatrixRow) {
 			}
 			return v
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %d/%d | %d / %d / %d |\n", k.CC, k.Emulate,
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %d/%d | %d (%d) / %d / %d |\n", k.CC, k.Emulate,
 			cellOf(k, fmt.Sprintf("%.1f", k.Mbps)), cellOf(a, fmt.Sprintf("%.1f", a.Mbps)), ratio,
 			fmt.Sprintf("%.1f/%.1f", k.PingMeanMs, k.PingP95Ms), fmt.Sprintf("%.1f/%.1f", a.PingMeanMs, a.PingP95Ms),
-			k.Retransmits, a.Retransmits, a.NetstackTimeouts, a.NetstackRetransmits, a.NetstackLostRetransmits)
+			k.Retransmits, a.Retransmits, a.NetstackTimeouts, a.NetstackSpuriousRTOs, a.NetstackRetransmits, a.NetstackLostRetransmits)
 	}
 }

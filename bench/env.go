@@ -343,6 +343,7 @@ func (e *env) iperfRun(ctx context.Context, cfg *Config, path string, reverse bo
 		if after, err := netstackCounters(ctx, e.app.Name); err == nil {
 			run.Netstack = true
 			run.NetstackTimeouts = counterDelta(nsBefore, after, "tcp_timeouts")
+			run.NetstackSpuriousRTOs = counterDelta(nsBefore, after, "tcp_spurious_rto_recovery")
 			run.NetstackRetransmits = counterDelta(nsBefore, after, "tcp_retransmits")
 			run.NetstackLostRetransmits = counterDelta(nsBefore, after, "tcp_lost_retransmits")
 		}

@@ -59,11 +59,13 @@ type Transfer struct {
 	Lost       uint64 `json:"lost"`
 	// Netstack says whether the appliance's netstack counters were read;
 	// the rest are their increase during the run: retransmission
-	// timeouts, retransmitted segments and retransmissions found lost
-	// and sent again in SACK recovery (gVisor patch 0009). In gateway
-	// mode netstack is the download's sender.
+	// timeouts (and those found spurious by Eifel detection, RFC 3522),
+	// retransmitted segments and retransmissions found lost and sent
+	// again in SACK recovery (gVisor patch 0009). In gateway mode
+	// netstack is the download's sender.
 	Netstack                bool   `json:"netstack,omitempty"`
 	NetstackTimeouts        uint64 `json:"netstack_timeouts"`
+	NetstackSpuriousRTOs    uint64 `json:"netstack_spurious_rtos"`
 	NetstackRetransmits     uint64 `json:"netstack_retransmits"`
 	NetstackLostRetransmits uint64 `json:"netstack_lost_retransmits"`
 }

@@ -142,3 +142,46 @@ func TestLostRetransmission(t *testing.T) {
 		})
 	}
 }
+
+// TestRTOKeepsSACK: after a retransmission timeout the sender resends
+// only what the receiver did not SACK (patch 0011, Linux
+// tcp_enter_loss), not the whole flight. Five holes in the last flight
+// whose fast retransmissions are lost too, with nothing sent after them,
+// leave only the RTO. The receiver then holds four SACKed blocks, more
+// than an ACK reports (three with timestamps, the most recent first), so
+// the oldest block, between the second and third hole, is known only
+// from the scoreboard: a segment in it must be sent once.
+func TestRTOKeepsSACK(t *testing.T) {
+	const n = 4 << 20
+	d := &dropper{targets: []*dropTarget{
+		{off: n - 40000, drops: 2},
+		{off: n - 32000, drops: 2},
+		{off: n - 28000, drops: 0}, // watched, never dropped
+		{off: n - 24000, drops: 2},
+		{off: n - 16000, drops: 2},
+		{off: n - 8000, drops: 2},
+	}}
+	reg := registry(t, map[string]cc.Factory{"fixed": func() cc.Algorithm { return &fixed{n: 40} }})
+	p := newPair(t, pairOpts{
+		reg:     reg,
+		ccName:  "fixed",
+		emulate: emulate.Spec{Delay: 5 * time.Millisecond},
+		wrap: func(l stack.LinkEndpoint) stack.LinkEndpoint {
+			d.LinkEndpoint = l
+			return d
+		},
+	})
+	p.transfer(t, n, 0, nil)
+	st := p.a.Stack.Stats().TCP
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if got := st.Timeouts.Value(); got == 0 {
+		t.Fatalf("no RTO: the scenario did not happen (retransmits %d)", st.Retransmits.Value())
+	}
+	for _, tg := range d.targets {
+		if want := tg.drops + 1; tg.sent != want {
+			t.Errorf("segment at offset %d: %d transmissions, want %d", tg.off, tg.sent, want)
+		}
+	}
+	t.Logf("timeouts %d, retransmits %d", st.Timeouts.Value(), st.Retransmits.Value())
+}
