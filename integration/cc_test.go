@@ -89,9 +89,17 @@ func TestCongestionControl(t *testing.T) {
 			})
 		}
 	}
-	// The BBR-vs-CUBIC targets under loss are bench figures
-	// (appliance bench --cc-matrix, docs/cc.md), not CI assertions: a
-	// 6 s run on a shared 2-vCPU machine is too noisy for them.
+	// The BBR-vs-CUBIC targets under loss (BBR >= 80% of the bottleneck,
+	// CUBIC below half of that) are bench figures (appliance bench
+	// --cc-matrix, docs/cc.md), not CI assertions: a 6 s run on a shared
+	// 2-vCPU machine is too noisy for them. Their order is not: with
+	// netstack's loss recovery (patches 0009-0011) BBR moves 45-75
+	// Mbit/s at 1% loss and CUBIC 4-11, as with the kernel's.
+	bbr, okB := results["bbr/loss=1%"]
+	cubic, okC := results["cubic/loss=1%"]
+	if okB && okC && bbr <= cubic {
+		t.Errorf("at 1%% loss BBR %.1f Mbit/s, CUBIC %.1f: want BBR ahead (loss-resilience)", bbr, cubic)
+	}
 	t.Logf("throughput (Mbit/s): %v", results)
 }
 
