@@ -187,7 +187,7 @@ func (st *ruleState) of(f hooks.Family) *iptables.Ruleset {
 // fill copies what rules look at from p into ip.
 func (fw *Firewall) fill(ip *iptables.Packet, p *hooks.Packet) {
 	ip.Family = iptables.Family(p.Family)
-	ip.Hook = iptables.Hook(p.Hook)
+	ip.Hook = p.Hook
 	ip.InIface, ip.OutIface = p.InIface, p.OutIface
 	ip.Src, ip.Dst = p.Src, p.Dst
 	ip.Protocol = p.Proto

@@ -17,31 +17,25 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+
+	"github.com/nsappliance/appliance/iptables"
 )
 
 // Hook is one of netfilter's five hook points, numbered as in Linux
-// (NF_INET_PRE_ROUTING = 0, ...).
-type Hook uint8
+// (NF_INET_PRE_ROUTING = 0, ...). It is the rule language's type, so a
+// hook point passes between the two packages without conversion.
+type Hook = iptables.Hook
 
 // The hook points.
 const (
-	Prerouting Hook = iota
-	Input
-	Forward
-	Output
-	Postrouting
+	Prerouting  = iptables.Prerouting
+	Input       = iptables.Input
+	Forward     = iptables.Forward
+	Output      = iptables.Output
+	Postrouting = iptables.Postrouting
 	// NumHooks is the number of hook points.
-	NumHooks
+	NumHooks = iptables.NumHooks
 )
-
-var hookNames = [NumHooks]string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
-
-func (h Hook) String() string {
-	if h < NumHooks {
-		return hookNames[h]
-	}
-	return fmt.Sprintf("hook(%d)", uint8(h))
-}
 
 // Verdict is what a hook function decides for a packet.
 type Verdict uint8
