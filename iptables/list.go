@@ -174,7 +174,7 @@ func (rs *Ruleset) appendListRule(b []byte, num int, r *Rule, opts ListOptions) 
 	}
 	pname := ""
 	if !opts.Numeric {
-		pname = listProtoName(r.Proto)
+		pname = protoName(r.Proto)
 	}
 	if pname == "" {
 		pname = strconv.Itoa(int(r.Proto))
@@ -226,32 +226,6 @@ func listIface(name string, inv, numeric bool) string {
 		return s + "*"
 	}
 	return s + "any"
-}
-
-func listProtoName(n uint8) string {
-	switch n {
-	case 6:
-		return "tcp"
-	case 132:
-		return "sctp"
-	case 17:
-		return "udp"
-	case 136:
-		return "udplite"
-	case 1:
-		return "icmp"
-	case 58:
-		return "ipv6-icmp"
-	case 50:
-		return "esp"
-	case 51:
-		return "ah"
-	case 135:
-		return "mh"
-	case 0:
-		return "all"
-	}
-	return protoName(n)
 }
 
 func (rs *Ruleset) appendListAddr(b []byte, p interface {
