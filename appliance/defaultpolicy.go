@@ -95,15 +95,7 @@ func (fw *Firewall) evalPolicy(p *hooks.Packet) hooks.Verdict {
 	if p.Family == hooks.IPv6 {
 		rs = ps.v6
 	}
-	v := fw.eval(rs, iptables.TableFilter, p)
-	switch v.Kind {
-	case iptables.Reject:
-		fw.reject(p, v.Reject)
-		return hooks.Drop
-	case iptables.Drop:
-		return hooks.Drop
-	}
-	return hooks.Accept
+	return fw.execute(p, fw.eval(rs, iptables.TableFilter, p))
 }
 
 func (ps *policyState) tracks(f hooks.Family) bool {

@@ -250,17 +250,20 @@ func (fw *Firewall) evalTable(table string, p *hooks.Packet) hooks.Verdict {
 	if rs.Table(table) == nil {
 		return hooks.Accept // not loaded: nothing to count either
 	}
-	v := fw.eval(rs, table, p)
+	return fw.execute(p, fw.eval(rs, table, p))
+}
+
+// execute carries out a filter verdict: REJECT answers and drops, DROP
+// drops, anything else accepts (NAT targets outside the nat table cannot
+// be loaded).
+func (fw *Firewall) execute(p *hooks.Packet, v iptables.Verdict) hooks.Verdict {
 	switch v.Kind {
-	case iptables.Accept:
-		return hooks.Accept
 	case iptables.Reject:
 		fw.reject(p, v.Reject)
 		return hooks.Drop
 	case iptables.Drop:
 		return hooks.Drop
 	}
-	// NAT targets outside the nat table cannot be loaded; accept.
 	return hooks.Accept
 }
 
