@@ -5,6 +5,8 @@ package netstack
 import (
 	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -49,7 +51,10 @@ type Stack struct {
 	// classifier decides received packets' outcomes.
 	outcomes   *outcome.Table
 	classifier *classifier
-	cc         *cc.Registry
+	// links maps NIC IDs to their outcome links (copy-on-write).
+	linksMu sync.Mutex
+	links   atomic.Pointer[map[tcpip.NICID]*outcomeLink]
+	cc      *cc.Registry
 	// mem is the TCP memory accounting (tcp_mem, sockstat mem).
 	mem *memAccount
 }
@@ -71,6 +76,10 @@ func New(opts Options) (*Stack, error) {
 		ns.outcomes = outcome.NewTable()
 	}
 	ns.classifier = newClassifier(s.Stats())
+	if err := tcp.SetSegmentAccounting(s, segmentAccounting{ns}); err != nil {
+		s.Destroy()
+		return nil, Error("tcp segment accounting", err)
+	}
 	ns.mem = newMemAccount(ns)
 	ns.sysctl = newSysctls(ns)
 	if err := ns.installCC(opts.CC); err != nil {
@@ -129,6 +138,28 @@ func (s *Stack) AddDropProbe(ctr *tcpip.StatCounter, r outcome.Reason, h outcome
 // Sysctl returns the stack's tunables.
 func (s *Stack) Sysctl() *Sysctls { return s.sysctl }
 
+// outcomeLinkOf returns NIC nic's outcome link, or nil.
+func (s *Stack) outcomeLinkOf(nic tcpip.NICID) *outcomeLink {
+	if m := s.links.Load(); m != nil {
+		return (*m)[nic]
+	}
+	return nil
+}
+
+func (s *Stack) setOutcomeLink(nic tcpip.NICID, o *outcomeLink) {
+	s.linksMu.Lock()
+	defer s.linksMu.Unlock()
+	m := map[tcpip.NICID]*outcomeLink{nic: o}
+	if old := s.links.Load(); old != nil {
+		for k, v := range *old {
+			if k != nic {
+				m[k] = v
+			}
+		}
+	}
+	s.links.Store(&m)
+}
+
 // NICOptions configures AttachNIC.
 type NICOptions struct {
 	// Name is the NIC's name in netstack (shown by iptables -i/-o).
@@ -148,6 +179,8 @@ type NICOptions struct {
 func (s *Stack) AttachNIC(ep stack.LinkEndpoint, opts NICOptions) (tcpip.NICID, error) {
 	id := s.NextNICID()
 	ol := &outcomeLink{WrappedLink: WrappedLink{LinkEndpoint: ep}, s: s, l: s.outcomes.Link(opts.Name), routes: !opts.Promiscuous}
+	ol.deferred.c = &ol.queued
+	s.setOutcomeLink(id, ol)
 	if err := s.CreateNICWithOptions(id, ol, stack.NICOptions{Name: opts.Name}); err != nil {
 		return 0, Error("create nic", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/nsappliance/appliance/outcome"
 )
@@ -81,7 +82,8 @@ func newClassifier(st tcpip.Stats) *classifier {
 		{c: st.ICMP.V4.PacketsSent.DstUnreachable, r: outcome.NoSocket},
 		{c: st.ICMP.V6.PacketsSent.DstUnreachable, r: outcome.NoSocket},
 		{c: st.UDP.ReceiveBufferErrors, r: outcome.SocketFull},
-		{c: st.TCP.ListenOverflowSynDrop, r: outcome.ListenOverflow},
+		// Not TCP.ListenOverflowSynDrop: a listener's segments are
+		// accounted by segmentAccounting.
 		{c: st.TCP.ForwardMaxInFlightDrop, r: outcome.ListenOverflow},
 	}
 	for _, p := range ps {
@@ -104,23 +106,29 @@ func (c *classifier) add(ctr *tcpip.StatCounter, r outcome.Reason, h outcome.Hoo
 }
 
 // classify returns the outcome of a packet whose delivery just returned.
-func (c *classifier) classify(forwarding bool) (outcome.Reason, outcome.Hook) {
+// deferred counts the link's TCP segments whose outcome segmentAccounting
+// reports later: if it moved and nothing dropped the packet, classify
+// returns ok false and the packet is not counted now.
+func (c *classifier) classify(forwarding bool, deferred *probe) (r outcome.Reason, h outcome.Hook, ok bool) {
 	r, h, found := outcome.NotSpecified, outcome.HookNone, false
 	for _, p := range *c.probes.Load() {
 		if p.claim() && !found {
 			r, h, found = p.r, p.h, true
 		}
 	}
+	queued := deferred.claim()
 	delivered := c.delivered.claim()
 	switch {
 	case found:
-		return r, h
+		return r, h, true
+	case queued:
+		return outcome.Delivered, outcome.HookNone, false
 	case delivered:
-		return outcome.Delivered, outcome.HookNone
+		return outcome.Delivered, outcome.HookNone, true
 	case forwarding:
-		return outcome.Forwarded, outcome.HookForward
+		return outcome.Forwarded, outcome.HookForward, true
 	}
-	return outcome.NotSpecified, outcome.HookNone
+	return outcome.NotSpecified, outcome.HookNone, true
 }
 
 // ProtoOf returns the transport protocol of an IP packet, from its parsed
@@ -164,6 +172,11 @@ type outcomeLink struct {
 	// routes: a packet neither delivered nor dropped was forwarded. False
 	// on a promiscuous NIC, which takes every packet as local.
 	routes bool
+	// queued counts TCP segments received on this link that an endpoint
+	// queued: segmentAccounting reports their outcome when they are freed.
+	queued tcpip.StatCounter
+	// deferred is the classifier's view of queued.
+	deferred probe
 }
 
 // Attach implements stack.LinkEndpoint.
@@ -184,8 +197,64 @@ func (d *outcomeDispatcher) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumb
 	n := pkt.Size()
 	p := ProtoOf(pkt)
 	d.NetworkDispatcher.DeliverNetworkPacket(proto, pkt)
-	r, h := d.o.s.classifier.classify(d.o.routes)
-	d.o.l.Count(r, h, p, n)
+	if r, h, ok := d.o.s.classifier.classify(d.o.routes, &d.o.deferred); ok {
+		d.o.l.Count(r, h, p, n)
+	}
+}
+
+// tcpDropReasons maps the TCP endpoint's drop reasons (gVisor patch 0015)
+// to outcomes.
+var tcpDropReasons = [tcp.NumDropReasons]outcome.Reason{
+	tcp.Consumed:           outcome.Delivered,
+	tcp.DropOldData:        outcome.TCPOldData,
+	tcp.DropOldSequence:    outcome.TCPOldSequence,
+	tcp.DropZeroWindow:     outcome.TCPZeroWindow,
+	tcp.DropOverWindow:     outcome.TCPOverWindow,
+	tcp.DropOFODrop:        outcome.TCPOFODrop,
+	tcp.DropOFOPrune:       outcome.TCPOFOPrune,
+	tcp.DropRcvBuf:         outcome.SocketFull,
+	tcp.DropProtoMem:       outcome.MemoryPressure,
+	tcp.DropListenOverflow: outcome.ListenOverflow,
+	tcp.DropAckUnsentData:  outcome.TCPAckUnsentData,
+	tcp.DropAbortOnData:    outcome.TCPAbortOnData,
+	tcp.DropClose:          outcome.TCPClose,
+	tcp.DropInvalidSYN:     outcome.TCPInvalidSYN,
+	tcp.DropReset:          outcome.TCPReset,
+}
+
+// segmentAccounting receives the outcome of every TCP segment an
+// endpoint queued (gVisor patch 0015): delivered when the reader consumed
+// it, or the reason the endpoint discarded it (out of window, zero
+// window, receive buffer, ...), decided after DeliverNetworkPacket
+// returned. The segment's link counts it then, once.
+type segmentAccounting struct {
+	s *Stack
+}
+
+var _ tcp.SegmentAccounting = segmentAccounting{}
+
+// SegmentQueued implements tcp.SegmentAccounting. It runs inside the
+// link's DeliverNetworkPacket.
+func (a segmentAccounting) SegmentQueued(nic tcpip.NICID) bool {
+	o := a.s.outcomeLinkOf(nic)
+	if o == nil {
+		return false
+	}
+	o.queued.Increment()
+	return true
+}
+
+// SegmentDone implements tcp.SegmentAccounting.
+func (a segmentAccounting) SegmentDone(nic tcpip.NICID, size int, r tcp.DropReason) {
+	o := a.s.outcomeLinkOf(nic)
+	if o == nil {
+		return
+	}
+	or := outcome.NotSpecified
+	if int(r) < len(tcpDropReasons) {
+		or = tcpDropReasons[r]
+	}
+	o.l.Count(or, outcome.HookNone, outcome.ProtoTCP, size)
 }
 
 // edgeLink counts the packets netstack (and whatever wraps the link above

@@ -50,6 +50,20 @@ const (
 	LinkError       // the link delivered something unusable, e.g. a bad virtio-net header
 	NICDisabled     // the link's NIC was down (NETDEV_DOWN? DEV_READY)
 
+	// Segments a TCP endpoint discarded after netstack delivered them to
+	// it (gVisor patch 0015).
+	TCPOldData       // all its data was received before (TCP_OLD_DATA)
+	TCPOldSequence   // no data, sequence number before the window: keepalive probe, old ACK (TCP_OLD_SEQUENCE)
+	TCPZeroWindow    // data while the advertised window is zero (TCP_ZEROWINDOW)
+	TCPOverWindow    // data beyond the advertised window (TCP_OVERWINDOW)
+	TCPOFODrop       // held out of order, then found already received (TCP_OFO_DROP)
+	TCPOFOPrune      // out-of-order queue pruned under memory pressure (TCP_OFO_QUEUE_PRUNE)
+	TCPAckUnsentData // acknowledges data never sent (TCP_ACK_UNSENT_DATA)
+	TCPAbortOnData   // data after the receive side was shut down, answered with RST (TCP_ABORT_ON_DATA)
+	TCPClose         // the connection was closing or closed (TCP_CLOSE)
+	TCPInvalidSYN    // SYN on a synchronized connection, answered with a challenge ACK (TCP_INVALID_SYN)
+	TCPReset         // RST not exactly at RCV.NXT (TCP_RESET)
+
 	numBuiltin
 )
 
@@ -131,6 +145,18 @@ var builtin = [numBuiltin]reasonInfo{
 	MemoryPressure:  {"memory_pressure", "PROTO_MEM", true},
 	LinkError:       {"link_error", "", true},
 	NICDisabled:     {"nic_disabled", "DEV_READY", true},
+
+	TCPOldData:       {"tcp_old_data", "TCP_OLD_DATA", true},
+	TCPOldSequence:   {"tcp_old_sequence", "TCP_OLD_SEQUENCE", true},
+	TCPZeroWindow:    {"tcp_zerowindow", "TCP_ZEROWINDOW", true},
+	TCPOverWindow:    {"tcp_overwindow", "TCP_OVERWINDOW", true},
+	TCPOFODrop:       {"tcp_ofo_drop", "TCP_OFO_DROP", true},
+	TCPOFOPrune:      {"tcp_ofo_queue_prune", "TCP_OFO_QUEUE_PRUNE", true},
+	TCPAckUnsentData: {"tcp_ack_unsent_data", "TCP_ACK_UNSENT_DATA", true},
+	TCPAbortOnData:   {"tcp_abort_on_data", "TCP_ABORT_ON_DATA", true},
+	TCPClose:         {"tcp_close", "TCP_CLOSE", true},
+	TCPInvalidSYN:    {"tcp_invalid_syn", "TCP_INVALID_SYN", true},
+	TCPReset:         {"tcp_reset", "TCP_RESET", true},
 }
 
 // cell is one (reason, hook, proto) counter pair.
