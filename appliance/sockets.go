@@ -51,6 +51,13 @@ type Socket struct {
 	Lost         uint64 `json:"lost,omitempty"`
 	Retrans      uint32 `json:"retrans,omitempty"`
 	AppLimited   bool   `json:"app_limited,omitempty"`
+	// Flight (tcp_info's unacked, sacked, lost: the ones outstanding now)
+	// and the controller's own ss -i block, e.g. BBR's "bbr:(bw:...)".
+	InFlight uint32 `json:"in_flight,omitempty"`
+	Unacked  uint32 `json:"unacked,omitempty"`
+	Sacked   uint32 `json:"sacked,omitempty"`
+	LostNow  uint32 `json:"lost_now,omitempty"`
+	CCExtra  string `json:"cc_extra,omitempty"`
 }
 
 // tcpStates maps netstack's TCP states to the names ss prints.

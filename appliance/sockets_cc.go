@@ -31,4 +31,9 @@ func ccInfo(s *Socket, ep *tcp.Endpoint) {
 	s.Lost = ci.LostTotal
 	s.Retrans = ci.Retrans
 	s.AppLimited = ci.AppLimited
+	s.InFlight = ci.InFlight
+	s.Unacked = ci.Unacked
+	s.Sacked = ci.Sacked
+	s.LostNow = ci.Lost
+	s.CCExtra = ci.Extra
 }

@@ -20,7 +20,7 @@ import (
 // emulate`. Short runs with loose bounds for a noisy 2-vCPU machine: at
 // loss 0 every algorithm fills a good part of the bottleneck, `appliance
 // ss -ti` names the algorithm during the transfer with its pacing and
-// delivery rates. The full
+// delivery rates (and BBR its bbr:(...) block). The full
 // table is `appliance bench --cc-matrix` (docs/cc.md).
 func TestCongestionControl(t *testing.T) {
 	const base = "rate=100mbit,delay=20ms"
@@ -79,6 +79,11 @@ func TestCongestionControl(t *testing.T) {
 				info := regexp.MustCompile(`(?m)^\t ` + alg + ` wscale:\d+,\d+ rto:\d+ rtt:[\d.]+/[\d.]+ mss:\d+ cwnd:\d+.* pacing_rate [\d.]+[KMG]?bps delivery_rate [\d.]+[KMG]?bps`)
 				if !info.MatchString(ss) {
 					t.Errorf("ss -ti during the transfer lacks a %s line with pacing_rate and delivery_rate:\n%s", alg, ss)
+				}
+				// BBR's own block, where Linux's ss prints INET_DIAG_BBRINFO.
+				bbrInfo := regexp.MustCompile(`(?m)^\t bbr .* cwnd:\d+( ssthresh:\d+)? bbr:\(bw:[\d.]+[KMG]?bps,mrtt:[\d.]+,pacing_gain:[\d.]+,cwnd_gain:[\d.]+\) pacing_rate `)
+				if got := bbrInfo.MatchString(ss); got != (alg == "bbr") {
+					t.Errorf("ss -ti during the transfer: bbr:(bw:...,mrtt:...,pacing_gain:...,cwnd_gain:...) block present = %v, want %v:\n%s", got, alg == "bbr", ss)
 				}
 				if loss == "0" && mbps < 20 {
 					t.Errorf("%s at loss 0: %.1f Mbit/s over a 100 Mbit/s bottleneck, want > 20", alg, mbps)

@@ -19,13 +19,20 @@ import (
 
 // Compile-time checks that the patch's types match the interface.
 var (
-	_ cc.Sender            = (*tcp.CCSender)(nil)
-	_ cc.CwndLimitedSender = (*tcp.CCSender)(nil)
-	_ bbr.AppLimitedMarker = (*tcp.CCSender)(nil)
-	_ bbr.DepartureTimer   = (*tcp.CCSender)(nil)
-	_                      = (*cc.RateSample)((*tcp.RateSample)(nil))
-	_ tcp.CongestionOps    = (*ops)(nil)
+	_ cc.Sender             = (*tcp.CCSender)(nil)
+	_ cc.CwndLimitedSender  = (*tcp.CCSender)(nil)
+	_ bbr.AppLimitedMarker  = (*tcp.CCSender)(nil)
+	_ bbr.DepartureTimer    = (*tcp.CCSender)(nil)
+	_                       = (*cc.RateSample)((*tcp.RateSample)(nil))
+	_ tcp.CongestionOps     = (*ops)(nil)
+	_ tcp.CongestionOpsInfo = (*ops)(nil)
 )
+
+// ssInfoer is the optional ability of an algorithm to print its own
+// `ss -i` block (bbr.(*BBR).SSInfo, Linux's get_info).
+type ssInfoer interface {
+	SSInfo() string
+}
 
 // Install makes r the source of s's congestion controls: its names become
 // net.ipv4.tcp_available_congestion_control, and every new connection
@@ -80,3 +87,11 @@ func (o *ops) CongControl(rs *tcp.RateSample) {
 	o.ctl.CongControl((*cc.RateSample)(rs))
 }
 func (o *ops) OwnsCwnd() bool { return o.ctl != nil }
+
+// SSInfo returns the algorithm's own `ss -i` block, "" if it has none.
+func (o *ops) SSInfo() string {
+	if si, ok := o.alg.(ssInfoer); ok {
+		return si.SSInfo()
+	}
+	return ""
+}

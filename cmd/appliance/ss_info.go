@@ -10,7 +10,9 @@ import (
 // ssInfo is the -i line of a TCP socket in Linux ss's format and order:
 // "cubic wscale:7,7 rto:204 rtt:40.5/2.1 mss:1448 cwnd:10 ssthresh:20 pacing_rate
 // 1.2Gbps delivery_rate 900Mbps delivered:123 lost:2 app_limited
-// minrtt:40.1" (ssthresh is left out while infinite, as ss does).
+// minrtt:40.1" (ssthresh is left out while infinite, as ss does). A
+// controller's own block (BBR's "bbr:(bw:...)") follows ssthresh, as
+// Linux's ss prints INET_DIAG_BBRINFO.
 func ssInfo(s appliance.Socket) string {
 	var b strings.Builder
 	b.WriteString(s.CC)
@@ -25,6 +27,9 @@ func ssInfo(s appliance.Socket) string {
 	if s.Ssthresh > 0 {
 		fmt.Fprintf(&b, " ssthresh:%d", s.Ssthresh)
 	}
+	if s.CCExtra != "" {
+		b.WriteString(" " + s.CCExtra) // e.g. bbr:(bw:97.1Mbps,mrtt:40.385,pacing_gain:1.25,cwnd_gain:2)
+	}
 	if s.PacingRate > 0 {
 		fmt.Fprintf(&b, " pacing_rate %s", bps(s.PacingRate))
 	}
@@ -37,11 +42,17 @@ func ssInfo(s appliance.Socket) string {
 	if s.AppLimited {
 		b.WriteString(" app_limited")
 	}
+	if s.Unacked > 0 {
+		fmt.Fprintf(&b, " unacked:%d", s.Unacked)
+	}
 	if s.Lost > 0 {
 		fmt.Fprintf(&b, " lost:%d", s.Lost)
 	}
 	if s.Retrans > 0 {
 		fmt.Fprintf(&b, " retrans:%d", s.Retrans)
+	}
+	if s.Sacked > 0 {
+		fmt.Fprintf(&b, " sacked:%d", s.Sacked)
 	}
 	if s.MinRTTus > 0 {
 		fmt.Fprintf(&b, " minrtt:%s", msec(s.MinRTTus))
