@@ -96,12 +96,13 @@ func (n *testNet) close() {
 
 func newChannel() *channel.Endpoint { return channel.New(16, testMTU, "") }
 
-// afterInject, when set, runs on a pump after each packet it delivers, as
-// the TUN reader's AfterBatch does (deferred TCP processing).
-var afterInject func()
+// beforeInject and afterInject, when set, run on a pump before and after
+// each packet it delivers, as the TUN reader's BeforeBatch and AfterBatch
+// do (deferred TCP processing, LinkBatch).
+var beforeInject, afterInject func()
 
 func pumpPackets(ctx context.Context, from, to *channel.Endpoint) {
-	after := afterInject
+	before, after := beforeInject, afterInject
 	for {
 		pkt := from.ReadContext(ctx)
 		if pkt == nil {
@@ -110,6 +111,9 @@ func pumpPackets(ctx context.Context, from, to *channel.Endpoint) {
 		proto := pkt.NetworkProtocolNumber
 		np := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: pkt.ToBuffer()})
 		pkt.DecRef()
+		if before != nil {
+			before()
+		}
 		to.InjectInbound(proto, np)
 		np.DecRef()
 		if after != nil {

@@ -102,6 +102,12 @@ type Options struct {
 	// EarlyFilters are early filters on the container link's reader
 	// (tun.EndpointOptions.Filter), compiled from the raw table.
 	EarlyFilters []*EarlyFilter
+	// Batch, if set, is called by the container link's readers around each
+	// batch they deliver (tun.EndpointOptions.BeforeBatch/AfterBatch,
+	// emulate.Options.BeforeDeliver/AfterDeliver); small relay work that a
+	// batch starts then runs on the reader after the batch instead of on a
+	// new goroutine. Nil starts a goroutine every time.
+	Batch *LinkBatch
 	// CCRoutes give TCP connections whose host-side destination is in a
 	// prefix their own congestion control (Linux: ip route ... congctl).
 	CCRoutes []CCRoute

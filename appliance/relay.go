@@ -189,6 +189,9 @@ func (r *tcpRelay) kick(d *relayDir) {
 		switch d.state.Load() {
 		case dirIdle:
 			if d.state.CompareAndSwap(dirIdle, dirRunning) {
+				if d == &r.up && r.g.opts.Batch.runInline(r.upInline) {
+					return
+				}
 				if !r.g.spawn(func() { r.work(d) }) {
 					d.state.Store(dirIdle)
 					r.releasePending(d)
@@ -253,6 +256,30 @@ func (r *tcpRelay) downInline() {
 		r.settle(d, err) // aborts; a kick from finish may need a worker
 	}
 	// Still running (more to do, or kicked): a worker continues.
+	if !r.g.spawn(func() { r.work(d) }) {
+		d.state.Store(dirIdle)
+		r.releasePending(d)
+	}
+}
+
+// inlineUpMax is the most container data upInline moves on the link's
+// reader: a request, not a bulk transfer, which is better served by a
+// worker on another CPU while the reader goes on reading.
+const inlineUpMax = 16 << 10
+
+// upInline runs the up direction on the link's reader at the end of the
+// batch that made the endpoint readable (LinkBatch), when what it holds is
+// small: the read and the host write happen at once, without waking
+// another thread. Otherwise, or if it could not finish, a worker takes
+// over.
+func (r *tcpRelay) upInline() {
+	d := &r.up
+	if n, err := r.ep.GetSockOptInt(tcpip.ReceiveQueueSizeOption); err == nil && n <= inlineUpMax {
+		if r.settle(d, r.pumpUp()) {
+			return
+		}
+		d.state.Store(dirRunning) // a kick came during the pass: look again
+	}
 	if !r.g.spawn(func() { r.work(d) }) {
 		d.state.Store(dirIdle)
 		r.releasePending(d)

@@ -34,6 +34,9 @@ type Options struct {
 	// (tcp.ProcessDeferred) belongs. Without it, delayed inbound segments
 	// (ACKs) wait for the next TUN batch.
 	AfterDeliver func()
+	// BeforeDeliver, if set, runs on the in direction's goroutine before
+	// each batch it delivers (the pair brackets it: appliance.LinkBatch).
+	BeforeDeliver func()
 }
 
 // Link is a link endpoint that emulates Spec on each direction of the
@@ -45,10 +48,11 @@ type Options struct {
 type Link struct {
 	netstack.WrappedLink // GSO passes through
 
-	clock        Clock
-	log          *slog.Logger
-	afterDeliver func()
-	out, in      *direction
+	clock         Clock
+	log           *slog.Logger
+	afterDeliver  func()
+	beforeDeliver func()
+	out, in       *direction
 
 	// dispatcher is the stack's, read per packet.
 	dispatcher atomic.Pointer[stack.NetworkDispatcher]
@@ -84,7 +88,7 @@ func New(lower stack.LinkEndpoint, spec Spec, opts Options) (*Link, error) {
 		opts.Logger = slog.Default()
 	}
 	l := &Link{WrappedLink: netstack.WrappedLink{LinkEndpoint: lower}, clock: opts.Clock, log: opts.Logger.With("component", "emulate"),
-		spec: spec, stop: make(chan struct{}), afterDeliver: opts.AfterDeliver}
+		spec: spec, stop: make(chan struct{}), afterDeliver: opts.AfterDeliver, beforeDeliver: opts.BeforeDeliver}
 	l.out = newDirection("out", spec, l.clock, l.writeOut)
 	l.in = newDirection("in", spec, l.clock, l.deliverIn)
 	l.out.acct, l.out.hook = opts.Outcomes, outcome.HookEgress
@@ -197,6 +201,9 @@ func (l *Link) Attach(d stack.NetworkDispatcher) {
 // deliverIn hands the in direction's due packets to the stack, then runs
 // AfterDeliver.
 func (l *Link) deliverIn(batch []item) {
+	if l.beforeDeliver != nil {
+		l.beforeDeliver()
+	}
 	if l.afterDeliver != nil {
 		defer l.afterDeliver()
 	}

@@ -41,6 +41,9 @@ type EndpointOptions struct {
 	// been delivered (and GRO flushed), holding no stack locks: where
 	// deferred TCP processing (tcp.ProcessDeferred) belongs.
 	AfterBatch func()
+	// BeforeBatch, if set, runs on the reader goroutine before each batch
+	// (the pair brackets it: appliance.LinkBatch).
+	BeforeBatch func()
 	// Filter, if set, sees every packet the reader takes, as raw IP
 	// bytes (a GSO super-packet whole), before a packet buffer is built;
 	// true drops it (counted in rx_filtered), the role XDP plays. It runs
@@ -65,6 +68,7 @@ type Endpoint struct {
 	log      *slog.Logger
 	fullCsum bool
 	after    func()
+	before   func()
 	filter   func([]byte) bool
 
 	mtu atomic.Uint32
@@ -144,6 +148,7 @@ func NewEndpoint(dev *Device, opts EndpointOptions) (*Endpoint, error) {
 		budget:   opts.Budget,
 		fullCsum: opts.CompleteChecksums,
 		after:    opts.AfterBatch,
+		before:   opts.BeforeBatch,
 		filter:   opts.Filter,
 		log:      log.With("component", "tun", "dev", dev.Name),
 		done:     make(chan struct{}),
@@ -339,6 +344,9 @@ func (e *Endpoint) readLoop() {
 // ran out (the caller polls again at once) and false when the device ran
 // dry (the poller waits for readability).
 func (e *Endpoint) readBatch() (done bool, fatal error) {
+	if e.before != nil {
+		e.before()
+	}
 	defer func() {
 		e.gro.Flush()
 		if e.after != nil {

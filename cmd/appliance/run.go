@@ -258,10 +258,11 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	tcp.SetDeferredProcessing(deferTCP)
 	early := appliance.NewEarlyFilter()
 	opts.EarlyFilters = []*appliance.EarlyFilter{early}
-	epOpts := tun.EndpointOptions{Logger: log, Filter: early.Filter}
-	if deferTCP {
-		epOpts.AfterBatch = tcp.ProcessDeferred
-	}
+	// The readers bracket each batch they deliver, so the relay work a
+	// batch starts runs on them afterwards (appliance.LinkBatch).
+	batch := appliance.NewLinkBatch(deferTCP)
+	opts.Batch = batch
+	epOpts := tun.EndpointOptions{Logger: log, Filter: early.Filter, BeforeBatch: batch.Begin, AfterBatch: batch.End}
 	ep, err := tun.NewEndpoint(dev, epOpts)
 	if err != nil {
 		dev.File.Close()
@@ -284,10 +285,8 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	}
 	// Always wrapped, so `appliance emulate` can turn emulation on later;
 	// an empty spec passes packets straight through.
-	emOpts := emulate.Options{Logger: log, Outcomes: linkOut}
-	if deferTCP {
-		emOpts.AfterDeliver = tcp.ProcessDeferred // delayed ACKs are handled when they arrive
-	}
+	// Delayed inbound segments (ACKs) are handled when they arrive.
+	emOpts := emulate.Options{Logger: log, Outcomes: linkOut, BeforeDeliver: batch.Begin, AfterDeliver: batch.End}
 	em, err := emulate.New(link, spec, emOpts)
 	if err != nil {
 		ep.Close()
