@@ -101,7 +101,10 @@ func (g *Gateway) startPublish(p Publish) error {
 	addr := net.JoinHostPort(ip, strconv.Itoa(int(p.Host.Port())))
 	switch p.Proto {
 	case "tcp":
-		ln, err := net.Listen("tcp", addr)
+		// Accepted connections get the relay's keepalive at accept
+		// (Go sets TCP_NODELAY on every TCP connection itself).
+		lc := net.ListenConfig{KeepAliveConfig: hostKeepAlive}
+		ln, err := lc.Listen(context.Background(), "tcp", addr)
 		if err != nil {
 			return fmt.Errorf("publish %s/tcp: %w", addr, err)
 		}

@@ -131,10 +131,10 @@ type tcpRelay struct {
 // relayTCP starts relaying between the netstack endpoint ep (whose waiter
 // queue is wq) and the host socket h, and returns at once: the relay owns
 // both from then on. If the gateway is draining or closing both are
-// aborted.
+// aborted. h already has TCP_NODELAY (Go sets it on every TCP connection)
+// and hostKeepAlive (dialHost's Dialer, publish's ListenConfig): setting
+// them again cost five setsockopt calls per connection.
 func (g *Gateway) relayTCP(ep tcpip.Endpoint, wq *waiter.Queue, h *net.TCPConn) {
-	h.SetNoDelay(true)
-	h.SetKeepAliveConfig(hostKeepAlive)
 	r := &tcpRelay{g: g, ep: ep, wq: wq, host: h}
 	rc, err := h.SyscallConn()
 	if err != nil {
