@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -72,5 +73,61 @@ func TestTCPTimeWaitReuse(t *testing.T) {
 			}
 			return false
 		})
+	}
+}
+
+// TestTCPMaxTimeWait: with net.ipv4.tcp_max_tw_buckets = N, netstack keeps
+// at most N endpoints in TIME-WAIT; the others close at once and are
+// counted as overflow, as Linux's tcp_time_wait does (patch 0022).
+func TestTCPMaxTimeWait(t *testing.T) {
+	opts := testOptions()
+	opts.AllowHostLoopback = true
+	const max, conns = 3, 8
+	opts.Stack.Sysctl = map[string]string{"net.ipv4.tcp_max_tw_buckets": fmt.Sprint(max)}
+	n := newTestNet(t, opts, true)
+	defer n.close()
+	l := hostServer(t, func(c net.Conn) {
+		var b [1]byte
+		if _, err := io.ReadFull(c, b[:]); err == nil {
+			c.Write(b[:])
+		}
+	})
+	timeWait := func() int {
+		k := 0
+		for _, s := range n.gw.Sockets() {
+			if s.Proto == "tcp" && s.State == "TIME-WAIT" {
+				k++
+			}
+		}
+		return k
+	}
+	stats := n.gw.stack.Stats().TCP
+	for i := 0; i < conns; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := n.dial(ctx, gwAddr(tcpPort(l)))
+		cancel()
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte{'c'})
+		if b, err := io.ReadAll(c); err != nil || string(b) != "c" {
+			t.Fatalf("conn %d: read %q, %v", i, b, err)
+		}
+		c.Close()
+		// The host closed first: netstack ends in TIME-WAIT or, past
+		// the cap, closed.
+		waitFor(t, 10*time.Second, "the connection to leave the relay", func() bool {
+			return stats.CurrentTimeWait.Value()+stats.TimeWaitOverflow.Value() == uint64(i+1)
+		})
+		if tw := timeWait(); tw > max {
+			t.Fatalf("after %d connections %d endpoints in TIME-WAIT, want at most %d", i+1, tw, max)
+		}
+	}
+	if tw, of := stats.CurrentTimeWait.Value(), stats.TimeWaitOverflow.Value(); tw != max || of != conns-max {
+		t.Fatalf("TIME-WAIT %d, overflow %d; want %d and %d", tw, of, max, conns-max)
+	}
+	if tw := timeWait(); tw != max {
+		t.Fatalf("ss lists %d endpoints in TIME-WAIT, want %d", tw, max)
 	}
 }

@@ -324,7 +324,14 @@ func TestSysctl(t *testing.T) {
 	if got, want := ctl("sysctl", key), key+" = reno"; got != want {
 		t.Errorf("sysctl %s after write = %q, want %q", key, got, want)
 	}
+	const tw = "net.ipv4.tcp_max_tw_buckets"
+	if got, want := ctl("sysctl", "-w", tw+"=4096"), tw+" = 4096"; got != want {
+		t.Errorf("sysctl -w %s=4096 = %q, want %q", tw, got, want)
+	}
 	all := ctl("sysctl", "-a")
+	if !strings.Contains(all, tw+" = 4096\n") {
+		t.Errorf("sysctl -a after the write has no %q line:\n%s", tw+" = 4096", all)
+	}
 	re := regexp.MustCompile(`(?m)^net\.ipv4\.tcp_available_congestion_control = .*\bcubic\b`)
 	if !re.MatchString(all) {
 		t.Errorf("sysctl -a has no line matching %s:\n%s", re, all)

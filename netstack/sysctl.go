@@ -106,6 +106,24 @@ func newSysctls(s *Stack) *Sysctls {
 			return Error("set tcp_recovery", s.SetTransportProtocolOption(tcp.ProtocolNumber, &o))
 		},
 	}
+	y.keys["net.ipv4.tcp_max_tw_buckets"] = sysctlKey{
+		get: func() (string, error) {
+			var v tcpip.TCPMaxTimeWaitOption
+			err := s.TransportProtocolOption(tcp.ProtocolNumber, &v)
+			return strconv.Itoa(int(v)), Error("get tcp_max_tw_buckets", err)
+		},
+		set: func(v string) error {
+			n, err := ints(v, 1)
+			if err != nil {
+				return err
+			}
+			if n[0] < 0 {
+				return fmt.Errorf("value %d is negative", n[0])
+			}
+			o := tcpip.TCPMaxTimeWaitOption(n[0])
+			return Error("set tcp_max_tw_buckets", s.SetTransportProtocolOption(tcp.ProtocolNumber, &o))
+		},
+	}
 	for _, p := range []struct {
 		key   string
 		proto tcpip.NetworkProtocolNumber

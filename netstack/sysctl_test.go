@@ -27,6 +27,7 @@ func TestDefaults(t *testing.T) {
 		"net.ipv4.tcp_wmem":                         "4096\t4194304\t8388608",
 		"net.ipv4.tcp_available_congestion_control": "reno cubic bbr",
 		"net.ipv4.ip_default_ttl":                   "64",
+		"net.ipv4.tcp_max_tw_buckets":               "16384",
 	}
 	for k, v := range want {
 		got, err := s.Sysctl().Get(k)
@@ -49,6 +50,8 @@ func TestSetAndReject(t *testing.T) {
 		{"net.ipv4.tcp_wmem", " 8192\t65536  1048576 ", "8192\t65536\t1048576"},
 		{"net.ipv4.ip_default_ttl", "32", "32"},
 		{"net.ipv4.tcp_recovery", "1", "1"},
+		{"net.ipv4.tcp_max_tw_buckets", "0", "0"},
+		{"net.ipv4.tcp_max_tw_buckets", "262144", "262144"},
 	}
 	for _, tc := range good {
 		if err := y.Set(tc.k, tc.v); err != nil {
@@ -72,6 +75,7 @@ func TestSetAndReject(t *testing.T) {
 		{"net.ipv4.tcp_rmem", "100 50 200", nil, "min <= default"},
 		{"net.ipv4.tcp_wmem", "a b c", nil, "not an integer"},
 		{"net.ipv4.ip_default_ttl", "0", nil, "out of range"},
+		{"net.ipv4.tcp_max_tw_buckets", "-1", nil, "negative"},
 	}
 	for _, tc := range bad {
 		before, _ := y.Get(tc.k)
