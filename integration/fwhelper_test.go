@@ -4,6 +4,7 @@ package integration
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -16,10 +17,12 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 )
 
 // helperFWServe serves the firewall probes until SIGTERM: on every TCP port
@@ -387,4 +390,106 @@ func helperUDPFlood(args []string) error {
 	wg.Wait()
 	fmt.Println("sent", sent.Load())
 	return nil
+}
+
+// helperSYNFlood sends TCP SYNs to ADDR:PORT from a raw socket as fast as
+// it can (sendmmsg, 64 per call), every one from a new source port and
+// sequence number, as a SYN flood does, until SIGTERM; then it prints
+// "sent N". Usage: synflood ADDR:PORT
+func helperSYNFlood(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: synflood ADDR:PORT")
+	}
+	dst, err := net.ResolveUDPAddr("udp4", args[0])
+	if err != nil {
+		return err
+	}
+	// The source address the kernel will put in the IP header, for the
+	// TCP checksum's pseudo-header.
+	c, err := net.DialUDP("udp4", nil, dst)
+	if err != nil {
+		return err
+	}
+	src := c.LocalAddr().(*net.UDPAddr).IP.To4()
+	c.Close()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, syscall.IPPROTO_TCP)
+	if err != nil {
+		return fmt.Errorf("raw socket: %w", err)
+	}
+	defer syscall.Close(fd)
+	const batch = 64
+	sa := syscall.RawSockaddrInet4{Family: syscall.AF_INET}
+	copy(sa.Addr[:], dst.IP.To4())
+	var pkts [batch][20]byte
+	var iovs [batch]syscall.Iovec
+	var msgs [batch]struct {
+		hdr syscall.Msghdr
+		len uint32
+		_   [4]byte
+	}
+	for i := range msgs {
+		iovs[i].Base = &pkts[i][0]
+		iovs[i].SetLen(20)
+		msgs[i].hdr.Name = (*byte)(unsafe.Pointer(&sa))
+		msgs[i].hdr.Namelen = syscall.SizeofSockaddrInet4
+		msgs[i].hdr.Iov = &iovs[i]
+		msgs[i].hdr.Iovlen = 1
+	}
+	var sent atomic.Uint64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sport, seq := uint16(1024), uint32(1)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for i := range pkts {
+				if sport++; sport < 1024 {
+					sport = 1024
+				}
+				seq += 7919
+				synHeader(pkts[i][:], src, dst.IP.To4(), sport, uint16(dst.Port), seq)
+			}
+			n, _, errno := syscall.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&msgs[0])), batch, 0, 0, 0)
+			if errno == 0 {
+				sent.Add(uint64(n))
+			}
+		}
+	}()
+	fmt.Println("ready")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	close(stop)
+	<-done
+	fmt.Println("sent", sent.Load())
+	return nil
+}
+
+// synHeader writes a 20-byte TCP SYN header with its checksum into b.
+func synHeader(b []byte, src, dst net.IP, sport, dport uint16, seq uint32) {
+	binary.BigEndian.PutUint16(b[0:], sport)
+	binary.BigEndian.PutUint16(b[2:], dport)
+	binary.BigEndian.PutUint32(b[4:], seq)
+	binary.BigEndian.PutUint32(b[8:], 0)
+	b[12] = 5 << 4
+	b[13] = 0x02 // SYN
+	binary.BigEndian.PutUint16(b[14:], 64240)
+	binary.BigEndian.PutUint32(b[16:], 0) // checksum, urgent pointer
+	sum := uint32(syscall.IPPROTO_TCP) + 20
+	for i := 0; i < 4; i += 2 {
+		sum += uint32(src[i])<<8 | uint32(src[i+1])
+		sum += uint32(dst[i])<<8 | uint32(dst[i+1])
+	}
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(b[16:], ^uint16(sum))
 }

@@ -68,6 +68,8 @@ func helperMain(args []string) int {
 		err = helperFWProbe(args[2:])
 	case "udpflood":
 		err = helperUDPFlood(args[2:])
+	case "synflood":
+		err = helperSYNFlood(args[2:])
 	case "slowsink":
 		err = helperSlowSink(args[2:])
 	case "tcpsend":

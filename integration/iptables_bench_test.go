@@ -6,8 +6,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,9 +20,10 @@ import (
 
 // Benchmarks of the firewall in router mode (make bench runs them once):
 // iperf3 from A to B with 0, 100 and 1000 FORWARD rules that match no
-// packet, and iperf3 while a third party floods UDP into the router, with
-// the flood dropped by the early filter (raw PREROUTING) or by the filter
-// table. Reported as Mbit/s; docs/benchmarks.md has the figures.
+// packet, and iperf3 while a third namespace floods UDP or SYNs into the
+// router, with the flood dropped by the early filter (raw PREROUTING) or
+// by the filter table. Reported as Mbit/s; docs/benchmarks.md has the
+// figures.
 
 // benchTime is each iperf3 run's length.
 const benchTime = 5
@@ -86,26 +89,76 @@ func BenchmarkIptablesRules(b *testing.B) {
 	}
 }
 
+// Flood targets: the router's address on link b, from the flooder
+// namespace F behind B.
+const (
+	floodAddr    = "10.2.0.2"
+	udpFloodPort = 9999
+	synFloodPort = 9998
+)
+
+// floodKind is one kind of flood: how to start it and the rule that
+// drops it, as an iptables match.
+type floodKind struct {
+	name  string
+	mode  string   // helper mode
+	args  []string // helper arguments
+	match string
+}
+
+var floodKinds = []floodKind{
+	{"udp", "udpflood", []string{fmt.Sprintf("%s:%d", floodAddr, udpFloodPort), "1"},
+		fmt.Sprintf("-s 10.9.0.0/24 -p udp -m udp --dport %d", udpFloodPort)},
+	{"syn", "synflood", []string{fmt.Sprintf("%s:%d", floodAddr, synFloodPort)},
+		fmt.Sprintf("-s 10.9.0.0/24 -p tcp -m tcp --dport %d --tcp-flags FIN,SYN,RST,ACK SYN", synFloodPort)},
+}
+
+// BenchmarkIptablesFlood runs iperf3 A -> B through the router while a
+// flooder namespace F, linked to B by a veth and routed through it, floods
+// the router's address on link b (so the flood shares link b's TUN reader
+// with the iperf3 ACKs). Each flood kind (UDP, SYN) runs with the flood
+// dropped by B's kernel before it reaches the router (the reference: the
+// flooder's and the kernel's own CPU, nothing of the appliance), with no
+// rule, with the drop rule in the raw table's PREROUTING (the early
+// filter) and in the filter table's INPUT (the slow path).
+//
+// APPLIANCE_BENCH_CPUPROFILE=FILE writes the router's CPU profile (of the
+// whole run: select cases with -bench).
 func BenchmarkIptablesFlood(b *testing.B) {
 	requireRoot(b)
-	a, bb, host := newNetns(b, "ibfa"), newNetns(b, "ibfb"), newNetns(b, "ibfh")
-	app := startRouter(b, host, a, bb)
+	a, bb, host, f := newNetns(b, "ibfa"), newNetns(b, "ibfb"), newNetns(b, "ibfh"), newNetns(b, "ibff")
+	var args []string
+	if p := os.Getenv("APPLIANCE_BENCH_CPUPROFILE"); p != "" {
+		args = append(args, "--cpuprofile", p)
+	}
+	app := startRouter(b, host, a, bb, args...)
 	startIperf3(b, bb)
-	const floodPort = 9999
-	// The flood comes from B towards the router's address on link b, so
-	// every flood packet is read from link b's TUN (which also carries
-	// the iperf3 ACKs) and nothing of it reaches A.
-	target := fmt.Sprintf("10.2.0.2:%d", floodPort)
-	cases := []struct {
-		name, rules string
-		flood       bool
-	}{
-		{"no-flood", "", false},
-		{"flood-no-rule", "", true},
-		{"flood-early-filter", "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" +
-			fmt.Sprintf("-A PREROUTING -s 10.2.0.100/32 -p udp -m udp --dport %d -j DROP\nCOMMIT\n", floodPort), true},
-		{"flood-filter-table", "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" +
-			fmt.Sprintf("-A INPUT -s 10.2.0.100/32 -p udp -m udp --dport %d -j DROP\nCOMMIT\n", floodPort), true},
+	v, err := testbed.Veth(f, bb, []netip.Prefix{netip.MustParsePrefix("10.9.0.2/24")}, []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := f.IP("route", "add", "default", "via", "10.9.0.1"); err != nil {
+		b.Fatal(err)
+	}
+	if out, err := bb.Run(ctx, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
+		b.Fatalf("%v: %s", err, out)
+	}
+	type floodCase struct {
+		name, rules, kernelRule string
+		kind                    *floodKind
+	}
+	cases := []floodCase{{name: "no-flood"}}
+	for i := range floodKinds {
+		k := &floodKinds[i]
+		cases = append(cases,
+			floodCase{name: k.name + "-kernel-drop", kind: k, kernelRule: "-A FORWARD -i " + v.B + " " + k.match + " -j DROP"},
+			floodCase{name: k.name + "-no-rule", kind: k},
+			floodCase{name: k.name + "-early-filter", kind: k, rules: "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" +
+				"-A PREROUTING " + k.match + " -j DROP\nCOMMIT\n"},
+			floodCase{name: k.name + "-filter-table", kind: k, rules: "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" +
+				"-A INPUT " + k.match + " -j DROP\nCOMMIT\n"})
 	}
 	base := 0.0
 	for _, c := range cases {
@@ -115,36 +168,59 @@ func BenchmarkIptablesFlood(b *testing.B) {
 			if c.rules != "" {
 				restoreRules(b, app, c.rules)
 			}
+			if c.kernelRule != "" {
+				kernelRules(b, bb, "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"+c.kernelRule+"\nCOMMIT\n")
+				b.Cleanup(func() {
+					kernelRules(b, bb, "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
+				})
+			}
 			before := linkStats(b, app)
 			var flood *testbed.Proc
-			if c.flood {
-				flood = startHelper(b, bb, "udpflood", target, "1")
+			if c.kind != nil {
+				flood = startHelper(b, f, c.kind.mode, c.kind.args...)
 				if err := flood.WaitOutput("ready", 10*time.Second); err != nil {
 					b.Fatal(err)
 				}
 				time.Sleep(500 * time.Millisecond)
 			}
+			start := time.Now()
 			var sum float64
 			for i := 0; i < b.N; i++ {
 				sum += iperfMbps(b, a, rtB4)
 			}
+			var sent uint64
 			if flood != nil {
 				flood.Stop(5 * time.Second)
-				b.Logf("flood: %s", strings.TrimSpace(flood.Stdout()))
+				if _, after, ok := strings.Cut(flood.Stdout(), "sent "); ok {
+					sent, _ = strconv.ParseUint(strings.TrimSpace(after), 10, 64)
+				}
 			}
+			secs := time.Since(start).Seconds()
 			after := linkStats(b, app)
 			mbps := sum / float64(b.N)
-			if !c.flood {
+			if c.kind == nil {
 				base = mbps
 			}
 			b.ReportMetric(mbps, "Mbit/s")
 			if base > 0 {
 				b.ReportMetric(mbps/base, "ratio")
 			}
-			secs := float64(b.N * benchTime)
+			b.ReportMetric(float64(sent)/secs, "flood_pps")
 			b.ReportMetric(float64(after["rx_packets"]-before["rx_packets"])/secs, "rx_pps_b")
 			b.ReportMetric(float64(after["rx_filtered"]-before["rx_filtered"])/secs, "early_drop_pps")
 		})
+	}
+}
+
+// kernelRules loads an iptables-restore text into ns's kernel.
+func kernelRules(tb testing.TB, ns *testbed.Netns, text string) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := ns.Command(ctx, "iptables-restore")
+	cmd.Stdin = strings.NewReader(text)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("iptables-restore in %s: %v\n%s", ns.Name, err, out)
 	}
 }
 
