@@ -2,10 +2,13 @@ package appliance
 
 import (
 	"encoding/binary"
+	"log/slog"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/nsappliance/appliance/bpffilter"
 	"github.com/nsappliance/appliance/iptables"
 	"github.com/nsappliance/appliance/outcome"
 )
@@ -26,12 +29,40 @@ type EarlyFilter struct {
 	prog atomic.Pointer[earlyProg]
 	now  func() int64
 
-	// Dropped and Passed count packets.
+	// Dropped and Passed count packets (Dropped includes KernelDropped
+	// as of the last Sync).
 	Dropped, Passed atomic.Uint64
+	// KernelDropped counts what the kernel program dropped.
+	KernelDropped atomic.Uint64
+
+	kmu sync.Mutex
+	// +checklocks:kmu
+	dev KernelDevice
+	// +checklocks:kmu
+	kern *kernelProg
+	// +checklocks:kmu
+	log *slog.Logger
 }
 
 type earlyProg struct {
 	v4, v6 []*earlyRule
+	// skip4 and skip6 leading rules run in the kernel program: a packet
+	// that reaches Filter matched none of them.
+	skip4, skip6 int
+}
+
+// KernelDevice is a link device that runs an eBPF filter program on the
+// packets it queues for the reader (tun.Endpoint).
+type KernelDevice interface {
+	SetKernelFilter(progFD int) error
+}
+
+// kernelProg is a loaded kernel program, the early rules it runs (in map
+// order) and its counts as of the last sync.
+type kernelProg struct {
+	prog  *bpffilter.Program
+	rules []*earlyRule
+	last  []bpffilter.Count
 }
 
 type earlyRule struct {
@@ -80,15 +111,165 @@ func NewEarlyFilter() *EarlyFilter {
 	return f
 }
 
+// UseKernel makes the filter offload the leading rules the kernel can run
+// (all but hashlimit) into an eBPF program attached to dev's transmit path
+// (tun.Endpoint.SetKernelFilter): the kernel drops those packets before
+// they are queued, so the reader is not even woken for them, as XDP drops
+// before the stack. The rules' counters and outcomes are brought up to
+// date by Sync (Counters and the firewall's Rules call it). Where the
+// kernel refuses the program (no CAP_BPF), the filter logs it and runs
+// every rule itself. Call it before rules are installed.
+func (f *EarlyFilter) UseKernel(dev KernelDevice, log *slog.Logger) {
+	if log == nil {
+		log = slog.Default()
+	}
+	f.kmu.Lock()
+	defer f.kmu.Unlock()
+	f.dev, f.log = dev, log.With("component", "early_filter")
+}
+
+// install publishes p, moving its leading stateless rules into a kernel
+// program when the filter has a device.
+func (f *EarlyFilter) install(p *earlyProg) {
+	f.kmu.Lock()
+	defer f.kmu.Unlock()
+	old := f.kern
+	f.kern = nil
+	if f.dev != nil {
+		k4, k6 := kernelPrefix(p.v4), kernelPrefix(p.v6)
+		if k4+k6 > 0 {
+			if k, err := f.loadLocked(p, k4, k6); err != nil {
+				f.log.Warn("kernel early filter unavailable, filtering in the reader", "err", err)
+				if old != nil {
+					_ = f.dev.SetKernelFilter(-1)
+				}
+			} else {
+				f.kern = k
+				p.skip4, p.skip6 = k4, k6
+			}
+		} else if old != nil {
+			if err := f.dev.SetKernelFilter(-1); err != nil {
+				f.log.Warn("detach kernel early filter", "err", err)
+			}
+		}
+	}
+	f.prog.Store(p)
+	if old != nil {
+		f.syncLocked(old)
+		old.prog.Close()
+	}
+}
+
+// loadLocked loads and attaches the kernel program for p's first k4 and
+// k6 rules.
+func (f *EarlyFilter) loadLocked(p *earlyProg, k4, k6 int) (*kernelProg, error) {
+	var v4, v6 []bpffilter.Rule
+	for _, r := range p.v4[:k4] {
+		v4 = append(v4, r.kernelRule())
+	}
+	for _, r := range p.v6[:k6] {
+		v6 = append(v6, r.kernelRule())
+	}
+	prog, err := bpffilter.Load(v4, v6)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.dev.SetKernelFilter(prog.FD()); err != nil {
+		prog.Close()
+		return nil, err
+	}
+	k := &kernelProg{prog: prog, rules: append(append([]*earlyRule(nil), p.v4[:k4]...), p.v6[:k6]...)}
+	k.last = make([]bpffilter.Count, len(k.rules)*4)
+	return k, nil
+}
+
+// kernelPrefix is how many leading rules the kernel program can run.
+func kernelPrefix(rules []*earlyRule) int {
+	for i, r := range rules {
+		if r.limit != nil {
+			return i
+		}
+	}
+	return len(rules)
+}
+
+func (er *earlyRule) kernelRule() bpffilter.Rule {
+	return bpffilter.Rule{
+		Src: er.src, Dst: er.dst, SrcInvert: er.srcInv, DstInvert: er.dstInv,
+		Proto: er.proto, ProtoInvert: er.protoInv, Ports: er.ports,
+		SrcPorts:       bpffilter.PortRange{Min: er.sport.Min, Max: er.sport.Max},
+		DstPorts:       bpffilter.PortRange{Min: er.dport.Min, Max: er.dport.Max},
+		SrcPortsInvert: er.sportInv, DstPortsInvert: er.dportInv,
+		FlagsMask: er.flagsMask, Flags: er.flags, FlagsInvert: er.flagsInv,
+	}
+}
+
+// Sync adds what the kernel program dropped since the last Sync to the
+// rules' iptables counters, Dropped and the packet outcomes.
+func (f *EarlyFilter) Sync() {
+	f.kmu.Lock()
+	defer f.kmu.Unlock()
+	if f.kern != nil {
+		f.syncLocked(f.kern)
+	}
+}
+
+// +checklocks:f.kmu
+func (f *EarlyFilter) syncLocked(k *kernelProg) {
+	counts, err := k.prog.Counts()
+	if err != nil {
+		f.log.Warn("read kernel early filter counters", "err", err)
+		return
+	}
+	classes := [...]outcome.Proto{outcome.ProtoTCP, outcome.ProtoUDP, outcome.ProtoICMP, outcome.ProtoOther}
+	l := f.out.Load()
+	for i, c := range counts {
+		pk, by := c.Packets-k.last[i].Packets, c.Bytes-k.last[i].Bytes
+		if pk == 0 {
+			continue
+		}
+		k.rules[i/4].counters.AddN(pk, by)
+		f.Dropped.Add(pk)
+		f.KernelDropped.Add(pk)
+		if l != nil {
+			// Outcomes count one packet at a time; the bytes go with
+			// the first.
+			for j := uint64(0); j < pk; j++ {
+				n := 0
+				if j == 0 {
+					n = int(by)
+				}
+				l.Drop(outcome.EarlyFilter, outcome.HookIngress, classes[i%4], n)
+			}
+		}
+	}
+	k.last = counts
+}
+
+// Close releases the kernel program after a last Sync. It stays attached
+// (the device holds it) until the device goes away: by now the device's
+// descriptor may be closed and its number reused.
+func (f *EarlyFilter) Close() {
+	f.kmu.Lock()
+	defer f.kmu.Unlock()
+	if f.kern != nil {
+		f.syncLocked(f.kern)
+		f.kern.prog.Close()
+		f.kern = nil
+	}
+}
+
 // SetOutcomes makes the filter count its drops as packet outcomes
 // (outcome.EarlyFilter at the ingress hook) on l.
 func (f *EarlyFilter) SetOutcomes(l *outcome.Link) { f.out.Store(l) }
 
 // Counters returns the filter's counters.
 func (f *EarlyFilter) Counters() map[string]uint64 {
+	f.Sync()
 	p := f.prog.Load()
 	return map[string]uint64{
 		"early_dropped": f.Dropped.Load(), "early_passed": f.Passed.Load(),
+		"early_kernel_dropped": f.KernelDropped.Load(), "early_kernel_rules": uint64(p.skip4 + p.skip6),
 		"early_rules_v4": uint64(len(p.v4)), "early_rules_v6": uint64(len(p.v6)),
 	}
 }
@@ -106,7 +287,7 @@ func (f *EarlyFilter) Filter(b []byte) bool {
 	var l4 []byte
 	switch b[0] >> 4 {
 	case 4:
-		rules = p.v4
+		rules = p.v4[p.skip4:]
 		if len(rules) == 0 || len(b) < 20 {
 			f.Passed.Add(1)
 			return false
@@ -119,7 +300,7 @@ func (f *EarlyFilter) Filter(b []byte) bool {
 			l4 = b[ihl:]
 		}
 	case 6:
-		rules = p.v6
+		rules = p.v6[p.skip6:]
 		if len(rules) == 0 || len(b) < 40 {
 			f.Passed.Add(1)
 			return false

@@ -339,6 +339,10 @@ func (fw *Firewall) nicAddr(nic tcpip.NICID, f hooks.Family) (netip.Addr, bool) 
 
 // Rules returns the current IPv4 and IPv6 rule sets (immutable).
 func (fw *Firewall) Rules() (v4, v6 *iptables.Ruleset) {
+	// The kernel's early drops go into the rules' counters first.
+	for _, f := range fw.early {
+		f.Sync()
+	}
 	st := fw.cur.Load()
 	return st.v4, st.v6
 }
@@ -377,7 +381,7 @@ func (fw *Firewall) publishLocked(v4, v6 *iptables.Ruleset) *ruleState {
 			var p earlyProg
 			p.v4, n4 = compileEarly(v4)
 			p.v6, n6 = compileEarly(v6)
-			f.prog.Store(&p)
+			f.install(&p)
 		}
 		st.eval4, st.eval6 = withoutLeading(v4, n4), withoutLeading(v6, n6)
 	}
@@ -524,6 +528,9 @@ func (fw *Firewall) Close() {
 	}
 	fw.mu.Unlock()
 	fw.s.SetNFTablesConfigured(false)
+	for _, f := range fw.early {
+		f.Close()
+	}
 }
 
 // Counters returns the firewall's counters: per-hook packets and drops,

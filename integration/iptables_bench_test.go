@@ -132,6 +132,22 @@ func BenchmarkIptablesFlood(b *testing.B) {
 		args = append(args, "--cpuprofile", p)
 	}
 	app := startRouter(b, host, a, bb, args...)
+	reader := false
+	// setReader restarts the router with the early filter on the TUN
+	// reader only (--reader-early-filter) or back with its kernel program.
+	setReader := func(on bool) {
+		if on == reader {
+			return
+		}
+		if code, err := app.Stop(); err != nil || code != 0 {
+			b.Fatalf("stop router: exit %d, %v", code, err)
+		}
+		a2 := args
+		if on {
+			a2 = append(append([]string(nil), args...), "--reader-early-filter")
+		}
+		app, reader = startRouter(b, host, a, bb, a2...), on
+	}
 	startIperf3(b, bb)
 	v, err := testbed.Veth(f, bb, []netip.Prefix{netip.MustParsePrefix("10.9.0.2/24")}, []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")})
 	if err != nil {
@@ -148,6 +164,7 @@ func BenchmarkIptablesFlood(b *testing.B) {
 	type floodCase struct {
 		name, rules, kernelRule string
 		kind                    *floodKind
+		reader                  bool // --reader-early-filter
 	}
 	cases := []floodCase{{name: "no-flood"}}
 	for i := range floodKinds {
@@ -157,12 +174,15 @@ func BenchmarkIptablesFlood(b *testing.B) {
 			floodCase{name: k.name + "-no-rule", kind: k},
 			floodCase{name: k.name + "-early-filter", kind: k, rules: "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" +
 				"-A PREROUTING " + k.match + " -j DROP\nCOMMIT\n"},
+			floodCase{name: k.name + "-early-filter-reader", kind: k, reader: true, rules: "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" +
+				"-A PREROUTING " + k.match + " -j DROP\nCOMMIT\n"},
 			floodCase{name: k.name + "-filter-table", kind: k, rules: "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n" +
 				"-A INPUT " + k.match + " -j DROP\nCOMMIT\n"})
 	}
 	base := 0.0
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
+			setReader(c.reader)
 			empty := "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
 			restoreRules(b, app, empty)
 			if c.rules != "" {
@@ -174,7 +194,7 @@ func BenchmarkIptablesFlood(b *testing.B) {
 					kernelRules(b, bb, "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
 				})
 			}
-			before := linkStats(b, app)
+			before, kBefore := linkStats(b, app), fwStats(b, app)["link1_early_kernel_dropped"]
 			var flood *testbed.Proc
 			if c.kind != nil {
 				flood = startHelper(b, f, c.kind.mode, c.kind.args...)
@@ -196,7 +216,7 @@ func BenchmarkIptablesFlood(b *testing.B) {
 				}
 			}
 			secs := time.Since(start).Seconds()
-			after := linkStats(b, app)
+			after, kAfter := linkStats(b, app), fwStats(b, app)["link1_early_kernel_dropped"]
 			mbps := sum / float64(b.N)
 			if c.kind == nil {
 				base = mbps
@@ -208,6 +228,7 @@ func BenchmarkIptablesFlood(b *testing.B) {
 			b.ReportMetric(float64(sent)/secs, "flood_pps")
 			b.ReportMetric(float64(after["rx_packets"]-before["rx_packets"])/secs, "rx_pps_b")
 			b.ReportMetric(float64(after["rx_filtered"]-before["rx_filtered"])/secs, "early_drop_pps")
+			b.ReportMetric(float64(kAfter-kBefore)/secs, "bpf_drop_pps")
 		})
 	}
 }
@@ -222,6 +243,22 @@ func kernelRules(tb testing.TB, ns *testbed.Netns, text string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		tb.Fatalf("iptables-restore in %s: %v\n%s", ns.Name, err, out)
 	}
+}
+
+// fwStats returns the firewall's counters (appliance iptables stats).
+func fwStats(tb testing.TB, app *testbed.Appliance) map[string]uint64 {
+	tb.Helper()
+	c, err := control.NewClient(app.Name)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var st map[string]uint64
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Do(ctx, "GET", "/v1/iptables/stats", nil, &st); err != nil {
+		tb.Fatal(err)
+	}
+	return st
 }
 
 // linkStats returns link b's TUN counters.

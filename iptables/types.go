@@ -184,6 +184,12 @@ func (c *Counters) Add(n uint64) {
 	c.bytes.Add(n)
 }
 
+// AddN counts packets packets of bytes bytes in all.
+func (c *Counters) AddN(packets, bytes uint64) {
+	c.packets.Add(packets)
+	c.bytes.Add(bytes)
+}
+
 // Load returns the packet and byte counts.
 func (c *Counters) Load() (packets, bytes uint64) {
 	return c.packets.Load(), c.bytes.Load()

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -558,4 +559,21 @@ func (s *Stats) Map() map[string]uint64 {
 		"tx_packets": s.TxPackets.Load(), "tx_bytes": s.TxBytes.Load(), "tx_gso": s.TxGSO.Load(),
 		"tx_errors": s.TxErrors.Load(),
 	}
+}
+
+// tunSetFilterEBPF is TUNSETFILTEREBPF, _IOR('T', 225, int).
+const tunSetFilterEBPF = 0x800454e1
+
+// SetKernelFilter attaches the eBPF socket-filter program progFD to the
+// device's transmit path (TUNSETFILTEREBPF): the kernel runs it on every
+// packet before queueing it for the reader and drops those it returns 0
+// for, so the reader never sees them. -1 detaches. Attaching replaces the
+// previous program atomically.
+func (e *Endpoint) SetKernelFilter(progFD int) error {
+	fd := int32(progFD)
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(e.fd), tunSetFilterEBPF, uintptr(unsafe.Pointer(&fd)))
+	if errno != 0 {
+		return fmt.Errorf("tun %s: attach filter program: %w", e.dev.Name, errno)
+	}
+	return nil
 }

@@ -31,6 +31,7 @@ type routerFlags struct {
 	cc           string
 	name         string
 	noOffload    bool
+	readerFilter bool
 	emulate      string
 	rules        string
 	rules6       string
@@ -84,6 +85,7 @@ SIGINT/SIGTERM remove both devices and exit 0. If either device goes away
 	fl.StringVar(&f.cc, "cc", "cubic", "default TCP congestion control of netstack (forwarded traffic does not use it)")
 	fl.StringVar(&f.name, "name", "default", "instance name; the control socket is /run/appliance/NAME.sock")
 	fl.BoolVar(&f.noOffload, "no-offload", false, "open the TUNs without virtio-net header offloads (checksum, TSO, USO)")
+	fl.BoolVar(&f.readerFilter, "reader-early-filter", false, "run the early filter (raw PREROUTING drop rules) only on the TUN reader, not as a kernel BPF program on the TUN (which drops before the reader is woken)")
 	fl.StringVar(&f.emulate, "emulate", "", "link emulation on the path between the namespaces, both directions (netem's meanings), e.g. delay=20ms,loss=1%,rate=100mbit; see `appliance emulate --help`")
 	fl.StringVar(&f.rules, "rules", "", "iptables-save text applied before traffic flows (checked before anything starts); FORWARD sees forwarded traffic")
 	fl.StringVar(&f.rules6, "rules6", "", "ip6tables-save text applied before traffic flows")
@@ -198,6 +200,9 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 			dev.File.Close()
 			closeLinks()
 			return err
+		}
+		if !f.readerFilter {
+			early.UseKernel(ep, log)
 		}
 		links = append(links, &routerLink{ns: s.ns, dev: dev, ep: ep})
 	}

@@ -50,6 +50,7 @@ type runFlags struct {
 	name         string
 	grace        time.Duration
 	noOffload    bool
+	readerFilter bool
 	maxPending   int
 	udpIdle      time.Duration
 	maxUDP       int
@@ -100,6 +101,7 @@ drain for --grace, and exit 0. With COMMAND, it exits with COMMAND's status.`,
 	fl.StringVar(&f.name, "name", "default", "instance name; the control socket is /run/appliance/NAME.sock")
 	fl.DurationVar(&f.grace, "grace", 10*time.Second, "on SIGINT/SIGTERM, how long open connections may drain before they are cut")
 	fl.BoolVar(&f.noOffload, "no-offload", false, "open the TUN without virtio-net header offloads (checksum, TSO, USO)")
+	fl.BoolVar(&f.readerFilter, "reader-early-filter", false, "run the early filter (raw PREROUTING drop rules) only on the TUN reader, not as a kernel BPF program on the TUN (which drops before the reader is woken)")
 	fl.IntVar(&f.maxPending, "max-pending-syn", 4096, "connections whose host-side dial may be under way at once")
 	fl.DurationVar(&f.udpIdle, "udp-timeout", 60*time.Second, "idle timeout of a UDP flow")
 	fl.IntVar(&f.maxUDP, "max-udp-flows", 4096, "concurrent UDP flows; new flows beyond it are dropped")
@@ -267,6 +269,9 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	if err != nil {
 		dev.File.Close()
 		return err
+	}
+	if !f.readerFilter {
+		early.UseKernel(ep, log)
 	}
 	// Packet outcomes: the TUN edge counts what is transmitted, the
 	// emulation what it drops, netstack the rest (see outcome).
