@@ -45,6 +45,10 @@ type Firewall struct {
 
 	early []*EarlyFilter // set by NewFirewall, then read-only
 
+	// local queues REJECT answers to netstack's own packets for delivery
+	// back into netstack (see localAnswers).
+	local localAnswers
+
 	c fwCounters
 }
 
@@ -72,6 +76,9 @@ func (st *ruleState) tracks(f hooks.Family) bool {
 
 type fwCounters struct {
 	rejectSent, rejectFailed, natFailed atomic.Uint64
+	// rejectLocal counts answers delivered back to netstack's own
+	// sockets (REJECT at OUTPUT), also counted in rejectSent.
+	rejectLocal atomic.Uint64
 }
 
 // pendingApply is an iptables-restore --rollback waiting for confirmation.
@@ -528,6 +535,7 @@ func (fw *Firewall) Close() {
 	}
 	fw.mu.Unlock()
 	fw.s.SetNFTablesConfigured(false)
+	fw.local.close()
 	for _, f := range fw.early {
 		f.Close()
 	}
@@ -548,6 +556,7 @@ func (fw *Firewall) Counters() map[string]uint64 {
 	m["conntrack_entries"] = uint64(fw.ct.Len())
 	m["reject_sent"] = fw.c.rejectSent.Load()
 	m["reject_failed"] = fw.c.rejectFailed.Load()
+	m["reject_local"] = fw.c.rejectLocal.Load()
 	m["nat_failed"] = fw.c.natFailed.Load()
 	for i, f := range fw.early {
 		for k, v := range f.Counters() {
@@ -565,8 +574,12 @@ func (fw *Firewall) Counters() map[string]uint64 {
 // carries orig's connection (nf_ct_attach: ESTABLISHED, other direction,
 // so NAT undoes orig's rewrite); an ICMP error (attach false) is tracked
 // on its own and found RELATED to a confirmed connection, as icmp_send's
-// packets are.
-func (fw *Firewall) writeAnswer(nic tcpip.NICID, proto tcpip.NetworkProtocolNumber, b []byte, netLen, l4Len int, orig *stack.PacketBuffer, attach bool) {
+// would be. With local (the rejected packet was netstack's own, at
+// OUTPUT) the answer is addressed to netstack itself: after OUTPUT and
+// POSTROUTING it is delivered back into netstack as if received on nic,
+// as Linux loops it back through lo, so the local socket sees the RST or
+// ICMP error (a connect fails with ECONNREFUSED, EHOSTUNREACH, ...).
+func (fw *Firewall) writeAnswer(nic tcpip.NICID, proto tcpip.NetworkProtocolNumber, b []byte, netLen, l4Len int, orig *stack.PacketBuffer, attach, local bool) {
 	pkt := newRawPacket(proto, b, netLen, l4Len)
 	defer pkt.DecRef()
 	if attach {
@@ -577,11 +590,99 @@ func (fw *Firewall) writeAnswer(nic tcpip.NICID, proto tcpip.NetworkProtocolNumb
 			return
 		}
 	}
+	if local {
+		in := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(pkt.ToView())})
+		in.NetworkProtocolNumber = proto
+		in.NFConn = pkt.NFConn
+		if !fw.local.queue(fw, localAnswer{nic: nic, proto: proto, pkt: in}) {
+			in.DecRef()
+			fw.c.rejectFailed.Add(1)
+		}
+		return
+	}
 	if err := fw.s.WriteRawPacket(nic, proto, buffer.MakeWithView(pkt.ToView())); err != nil {
 		fw.c.rejectFailed.Add(1)
 		return
 	}
 	fw.c.rejectSent.Add(1)
+}
+
+// localAnswers delivers REJECT answers to netstack's own packets back into
+// netstack. Not from the hook that rejected: that runs inside netstack's
+// output path, which may hold the very endpoint's locks the answer needs
+// (Linux, too, queues a looped-back packet: netif_rx). A goroutine runs
+// while answers wait and exits when none do; close waits for it.
+type localAnswers struct {
+	mu sync.Mutex
+	// +checklocks:mu
+	q []localAnswer
+	// +checklocks:mu
+	running bool
+	// +checklocks:mu
+	closed bool
+	wg     sync.WaitGroup
+}
+
+type localAnswer struct {
+	nic   tcpip.NICID
+	proto tcpip.NetworkProtocolNumber
+	pkt   *stack.PacketBuffer // owned by the queue
+}
+
+// maxLocalAnswers bounds the answers waiting for delivery.
+const maxLocalAnswers = 256
+
+// queue takes a; false means it was refused (full or closed) and the
+// caller keeps a.pkt.
+func (l *localAnswers) queue(fw *Firewall, a localAnswer) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || len(l.q) >= maxLocalAnswers {
+		return false
+	}
+	l.q = append(l.q, a)
+	if !l.running {
+		l.running = true
+		l.wg.Add(1)
+		go l.run(fw)
+	}
+	return true
+}
+
+func (l *localAnswers) run(fw *Firewall) {
+	defer l.wg.Done()
+	for {
+		l.mu.Lock()
+		if len(l.q) == 0 {
+			l.running = false
+			l.mu.Unlock()
+			return
+		}
+		a := l.q[0]
+		l.q = l.q[1:]
+		l.mu.Unlock()
+		if err := fw.s.DeliverInbound(a.nic, a.proto, a.pkt); err != nil {
+			fw.c.rejectFailed.Add(1)
+		} else {
+			fw.c.rejectSent.Add(1)
+			fw.c.rejectLocal.Add(1)
+		}
+		a.pkt.DecRef()
+	}
+}
+
+// close refuses new answers, drops waiting ones and waits for the
+// delivering goroutine.
+func (l *localAnswers) close() {
+	l.mu.Lock()
+	l.closed = true
+	q := l.q
+	l.q = nil
+	l.mu.Unlock()
+	for _, a := range q {
+		a.pkt.DecRef()
+	}
+	l.wg.Wait()
 }
 
 // newRawPacket wraps a complete IP packet b in a packet buffer with its

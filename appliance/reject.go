@@ -25,23 +25,29 @@ const (
 // or ICMPv6 destination unreachable of the chosen code. Like Linux it never
 // answers an ICMP error, a non-first fragment or a multicast or broadcast
 // destination.
+//
+// A packet netstack itself sent (OUTPUT) is answered back to netstack: the
+// answer leaves through OUTPUT and POSTROUTING and is then delivered as if
+// received on the packet's outgoing NIC, so the sending endpoint sees the
+// RST or ICMP error as a Linux socket does through lo.
 func (fw *Firewall) reject(p *hooks.Packet, with iptables.RejectWith) {
-	// A packet netstack itself sent (OUTPUT) is only dropped: its
-	// endpoint does not take ICMP errors the way a Linux socket does.
-	nic := p.InNIC
+	nic, local := p.InNIC, false
+	if nic == 0 {
+		nic, local = p.OutNIC, true
+	}
 	if nic == 0 || p.Fragment || p.Dst.IsMulticast() || p.Dst == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
 		return
 	}
 	if with == iptables.RejectTCPReset {
 		if p.Proto == hooks.ProtoTCP && p.HasL4 && p.TCPFlags&hooks.TCPRst == 0 {
-			fw.sendReset(p, nic)
+			fw.sendReset(p, nic, local)
 		}
 		return
 	}
 	if p.Proto == hooks.ProtoICMP && isICMP4Error(p.ICMPType) || p.Proto == hooks.ProtoICMPv6 && p.ICMPType < 128 {
 		return
 	}
-	fw.sendUnreachable(p, nic, with)
+	fw.sendUnreachable(p, nic, with, local)
 }
 
 func isICMP4Error(t uint8) bool {
@@ -55,7 +61,7 @@ func isICMP4Error(t uint8) bool {
 // sendReset builds nf_send_reset's RST: addresses and ports swapped; if the
 // offending segment had ACK, seq = its ack and no ACK; else ack = its seq +
 // SYN + FIN + payload and the ACK flag.
-func (fw *Firewall) sendReset(p *hooks.Packet, nic tcpip.NICID) {
+func (fw *Firewall) sendReset(p *hooks.Packet, nic tcpip.NICID, local bool) {
 	l4 := p.Buf.TransportHeader().Slice()
 	oth := header.TCP(l4)
 	payload := p.Buf.Data().Size()
@@ -82,15 +88,15 @@ func (fw *Firewall) sendReset(p *hooks.Packet, nic tcpip.NICID) {
 	src, dst := tcpip.AddrFromSlice(p.Dst.AsSlice()), tcpip.AddrFromSlice(p.Src.AsSlice())
 	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(tcp)))
 	header.TCP(b[netLen:]).SetChecksum(^checksum.Checksum(b[netLen:], xsum))
-	fw.writeAnswer(nic, proto, b, netLen, header.TCPMinimumSize, p.Buf, true)
+	fw.writeAnswer(nic, proto, b, netLen, header.TCPMinimumSize, p.Buf, true, local)
 }
 
 // sendUnreachable builds icmp_send's / icmp6_send's destination
-// unreachable, quoting as much of the packet as fits.
-func (fw *Firewall) sendUnreachable(p *hooks.Packet, nic tcpip.NICID, with iptables.RejectWith) {
+// unreachable, quoting as much of the packet as fits. An answer to
+// netstack's own packet (local) comes from the packet's destination.
+func (fw *Firewall) sendUnreachable(p *hooks.Packet, nic tcpip.NICID, with iptables.RejectWith, local bool) {
 	src := p.Dst
-	local := p.Hook == hooks.Input
-	if !local {
+	if p.Hook == hooks.Forward {
 		// A forwarded packet is answered from the router's own address on
 		// the link back to the sender (Linux routes the error and takes
 		// the source the route prefers).
@@ -112,7 +118,7 @@ func (fw *Firewall) sendUnreachable(p *hooks.Packet, nic tcpip.NICID, with iptab
 		copy(icmp[header.ICMPv4MinimumSize:], quote)
 		binary.BigEndian.PutUint16(icmp[2:], ^checksum.Checksum(icmp, 0))
 		b, netLen, proto := ipPacket(p.Family, src, p.Src, hooks.ProtoICMP, icmp)
-		fw.writeAnswer(nic, proto, b, netLen, header.ICMPv4MinimumSize, p.Buf, false)
+		fw.writeAnswer(nic, proto, b, netLen, header.ICMPv4MinimumSize, p.Buf, false, local)
 		return
 	}
 	if max := icmp6ErrorMax - header.IPv6MinimumSize - header.ICMPv6DstUnreachableMinimumSize; len(quote) > max {
@@ -126,7 +132,7 @@ func (fw *Firewall) sendUnreachable(p *hooks.Packet, nic tcpip.NICID, with iptab
 	s6, d6 := tcpip.AddrFromSlice(src.AsSlice()), tcpip.AddrFromSlice(p.Src.AsSlice())
 	xsum := header.PseudoHeaderChecksum(header.ICMPv6ProtocolNumber, s6, d6, uint16(len(icmp)))
 	binary.BigEndian.PutUint16(b[netLen+2:], ^checksum.Checksum(b[netLen:], xsum))
-	fw.writeAnswer(nic, proto, b, netLen, header.ICMPv6DstUnreachableMinimumSize, p.Buf, false)
+	fw.writeAnswer(nic, proto, b, netLen, header.ICMPv6DstUnreachableMinimumSize, p.Buf, false, local)
 }
 
 func icmp4Code(w iptables.RejectWith) uint8 {

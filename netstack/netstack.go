@@ -3,6 +3,7 @@
 package netstack
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -213,4 +214,30 @@ func (s *Stack) AttachNIC(ep stack.LinkEndpoint, opts NICOptions) (tcpip.NICID, 
 	}
 	s.log.Info("nic attached", "nic", id, "name", opts.Name, "promiscuous", opts.Promiscuous)
 	return id, nil
+}
+
+// ErrNoNIC is returned for a NIC id AttachNIC did not create, or whose
+// link is detached.
+var ErrNoNIC = errors.New("no such nic")
+
+// DeliverInbound hands pkt (a complete IP packet in its payload) to NIC id
+// as if the NIC's link had received it, accounted like any received
+// packet, then runs deferred TCP processing. It is how a packet the
+// appliance builds for netstack itself reaches netstack's sockets, as
+// Linux loops a locally addressed packet back through lo (REJECT at
+// OUTPUT). The caller keeps its reference to pkt. It must not be called
+// from inside netstack (a hook, an endpoint callback): delivery takes
+// locks the caller may hold.
+func (s *Stack) DeliverInbound(id tcpip.NICID, proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) error {
+	ol := s.outcomeLinkOf(id)
+	if ol == nil {
+		return fmt.Errorf("deliver to nic %d: %w", id, ErrNoNIC)
+	}
+	d := ol.disp.Load()
+	if d == nil {
+		return fmt.Errorf("deliver to nic %d: %w", id, ErrNoNIC)
+	}
+	d.DeliverNetworkPacket(proto, pkt)
+	tcp.ProcessDeferred()
+	return nil
 }

@@ -177,12 +177,18 @@ type outcomeLink struct {
 	queued tcpip.StatCounter
 	// deferred is the classifier's view of queued.
 	deferred probe
+	// disp is the NIC's dispatcher while attached (Stack.DeliverInbound).
+	disp atomic.Pointer[outcomeDispatcher]
 }
 
 // Attach implements stack.LinkEndpoint.
 func (o *outcomeLink) Attach(d stack.NetworkDispatcher) {
 	if d != nil {
-		d = &outcomeDispatcher{NetworkDispatcher: d, o: o}
+		od := &outcomeDispatcher{NetworkDispatcher: d, o: o}
+		o.disp.Store(od)
+		d = od
+	} else {
+		o.disp.Store(nil)
 	}
 	o.LinkEndpoint.Attach(d)
 }
