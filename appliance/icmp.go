@@ -96,7 +96,7 @@ func (d *tapDispatcher) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, 
 		g.c.pingsDropped.Add(1)
 		g.outcomes.Drop(outcome.NotSpecified, outcome.HookNone, outcome.ProtoICMP, pkt.Size())
 	case echoRelay:
-		if !g.echoHooksIn(proto, pkt) {
+		if !g.echoHooksIn(proto, pkt, &req) {
 			g.c.pingsDropped.Add(1)
 			g.outcomes.Drop(outcome.FilterRule, outcome.HookInput, outcome.ProtoICMP, pkt.Size())
 			return

@@ -14,7 +14,13 @@ import (
 // as netstack would have: rules and conntrack see pings like any other
 // terminated traffic. It parses pkt's headers in place (the caller does
 // not deliver pkt anywhere else). False means a hook dropped it.
-func (g *Gateway) echoHooksIn(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) bool {
+//
+// NAT applies as to TCP and UDP: req gets the request's addresses and
+// identifier as the hooks left them, so the host pings a DNAT rule's
+// destination, and the reply, built from req, is the reply of the NATed
+// connection, which OUTPUT and POSTROUTING translate back to what the
+// container sent (the pinged address, its own identifier).
+func (g *Gateway) echoHooksIn(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer, req *echoRequest) bool {
 	if g.fw == nil {
 		return true
 	}
@@ -31,7 +37,20 @@ func (g *Gateway) echoHooksIn(proto tcpip.NetworkProtocolNumber, pkt *stack.Pack
 	pkt.NetworkProtocolNumber = proto
 	pkt.InputNICID = g.nic
 	ns := g.fw.Netstack()
-	return ns.Run(hooks.Prerouting, pkt, g.nic, 0) && ns.Run(hooks.Input, pkt, g.nic, 0)
+	if !ns.Run(hooks.Prerouting, pkt, g.nic, 0) || !ns.Run(hooks.Input, pkt, g.nic, 0) {
+		return false
+	}
+	nh, th := pkt.NetworkHeader().Slice(), pkt.TransportHeader().Slice()
+	if proto == header.IPv4ProtocolNumber && len(nh) >= header.IPv4MinimumSize && len(th) >= header.ICMPv4MinimumSize {
+		ip := header.IPv4(nh)
+		req.src, req.dst = toAddr(ip.SourceAddress()), toAddr(ip.DestinationAddress())
+		req.id = header.ICMPv4(th).Ident()
+	} else if proto == header.IPv6ProtocolNumber && len(nh) >= header.IPv6MinimumSize && len(th) >= header.ICMPv6EchoMinimumSize {
+		ip := header.IPv6(nh)
+		req.src, req.dst = toAddr(ip.SourceAddress()), toAddr(ip.DestinationAddress())
+		req.id = header.ICMPv6(th).Ident()
+	}
+	return true
 }
 
 // echoHooksOut passes the relayed echo reply (headers parsed) through

@@ -268,3 +268,39 @@ func TestIPv6Off(t *testing.T) {
 		t.Fatalf("pings_sent = %d with IPv6 off", got)
 	}
 }
+
+// TestPingRelayNAT: a DNAT rule applies to relayed pings as to TCP and
+// UDP: the host pings the rule's destination, and the reply reaches the
+// container from the address it pinged, with its own identifier. The
+// pinged address is the cloud metadata address, which the relay refuses
+// to ping itself, so nothing leaves the host if the rule is not applied.
+func TestPingRelayNAT(t *testing.T) {
+	opts := testOptions()
+	opts.AllowHostLoopback = true
+	opts.Rules.IPv4 = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n" +
+		"-A PREROUTING -d 169.254.169.254/32 -p icmp -j DNAT --to-destination 127.0.0.1\nCOMMIT\n"
+	n := newTestNet(t, opts, false)
+	req := echoRequest{src: testV4.Container, dst: netip.MustParseAddr("169.254.169.254"), id: 0x5151, seq: 4, data: []byte("natted ping")}
+	proto, b := echoRequestPacket(req)
+	pkt := pktOf(b)
+	n.gwEP.InjectInbound(proto, pkt)
+	pkt.DecRef()
+	waitFor(t, 10*time.Second, "a reply or a refusal", func() bool {
+		c := n.gw.Counters()
+		return c["pings_replied"]+c["icmp_policy_denied"]+c["pings_failed"]+c["pings_timed_out"] > 0
+	})
+	if c := n.gw.Counters(); c["pings_replied"] != 1 {
+		t.Fatalf("ping not relayed to the DNAT destination: counters %v", c)
+	}
+	var reply []byte
+	waitFor(t, 5*time.Second, "the echo reply", func() bool {
+		if p := n.gwEP.Read(); p != nil {
+			v := p.ToView()
+			reply = bytes.Clone(v.AsSlice())
+			v.Release()
+			p.DecRef()
+		}
+		return reply != nil
+	})
+	checkEchoReply(t, reply, req)
+}
