@@ -42,7 +42,17 @@ type EarlyFilter struct {
 	kern *kernelProg
 	// +checklocks:kmu
 	log *slog.Logger
+	// stop ends the goroutine that syncs the kernel program's counts
+	// (nil while none runs); wg waits for it.
+	// +checklocks:kmu
+	stop chan struct{}
+	wg   sync.WaitGroup
 }
+
+// kernelSyncInterval is how often the kernel program's counts reach the
+// rules' counters and the outcomes when nothing reads them (metrics
+// scrapes read the outcomes directly).
+const kernelSyncInterval = 250 * time.Millisecond
 
 type earlyProg struct {
 	v4, v6 []*earlyRule
@@ -146,6 +156,11 @@ func (f *EarlyFilter) install(p *earlyProg) {
 			} else {
 				f.kern = k
 				p.skip4, p.skip6 = k4, k6
+				if f.stop == nil {
+					f.stop = make(chan struct{})
+					f.wg.Add(1)
+					go f.syncLoop(f.stop)
+				}
 			}
 		} else if old != nil {
 			if err := f.dev.SetKernelFilter(-1); err != nil {
@@ -246,17 +261,36 @@ func (f *EarlyFilter) syncLocked(k *kernelProg) {
 	k.last = counts
 }
 
+func (f *EarlyFilter) syncLoop(stop chan struct{}) {
+	defer f.wg.Done()
+	t := time.NewTicker(kernelSyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			f.Sync()
+		}
+	}
+}
+
 // Close releases the kernel program after a last Sync. It stays attached
 // (the device holds it) until the device goes away: by now the device's
 // descriptor may be closed and its number reused.
 func (f *EarlyFilter) Close() {
 	f.kmu.Lock()
-	defer f.kmu.Unlock()
+	if f.stop != nil {
+		close(f.stop)
+		f.stop = nil
+	}
 	if f.kern != nil {
 		f.syncLocked(f.kern)
 		f.kern.prog.Close()
 		f.kern = nil
 	}
+	f.kmu.Unlock()
+	f.wg.Wait()
 }
 
 // SetOutcomes makes the filter count its drops as packet outcomes

@@ -346,12 +346,21 @@ func (fw *Firewall) nicAddr(nic tcpip.NICID, f hooks.Family) (netip.Addr, bool) 
 
 // Rules returns the current IPv4 and IPv6 rule sets (immutable).
 func (fw *Firewall) Rules() (v4, v6 *iptables.Ruleset) {
-	// The kernel's early drops go into the rules' counters first.
+	fw.SyncEarly() // the kernel's early drops go into the rules' counters first
+	st := fw.cur.Load()
+	return st.v4, st.v6
+}
+
+// SyncEarly brings what the early filters' kernel programs dropped into
+// the rules' counters and the packet outcomes (EarlyFilter.Sync); a
+// reader of the outcomes calls it first. Safe on a nil Firewall.
+func (fw *Firewall) SyncEarly() {
+	if fw == nil {
+		return
+	}
 	for _, f := range fw.early {
 		f.Sync()
 	}
-	st := fw.cur.Load()
-	return st.v4, st.v6
 }
 
 // needsTracking reports whether a rule set needs connection tracking.

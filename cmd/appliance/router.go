@@ -232,6 +232,7 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 	handleEmulate(mux, em)
 	handleIptables(mux, r.Firewall())
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, _ *http.Request) {
+		r.Firewall().SyncEarly() // kernel early-filter drops into the outcomes
 		control.WriteJSON(w, http.StatusOK, map[string]map[string]uint64{
 			"netstack": r.Stack().Counters(), "link_a": links[0].ep.Stats().Map(),
 			"link_b": links[1].ep.Stats().Map(), "emulate": em.Stats(), "skb": outcomes.Counters(),

@@ -336,6 +336,7 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 		control.WriteJSON(w, http.StatusOK, gw.SockStat())
 	})
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
+		gw.Firewall().SyncEarly() // kernel early-filter drops into the outcomes
 		control.WriteJSON(w, http.StatusOK, map[string]map[string]uint64{
 			"netstack": gw.Stack().Counters(), "link": ep.Stats().Map(), "gateway": gw.Counters(),
 			"emulate": em.Stats(), "skb": outcomes.Counters(),
