@@ -21,9 +21,10 @@ import (
 //
 // The delivering goroutine calls Begin before a batch and End after it;
 // End runs deferred TCP processing (patch 0004), then the queued work, then
-// sends the ACKs the segments owe (patch 0021), with no stack locks held. Work queued while no batch is being delivered
-// is refused (runInline reports false) and the caller starts a goroutine as
-// before, so nothing waits for a batch that may never come.
+// sends the ACKs the segments owe (patch 0021), with no stack locks held.
+// Work queued while no batch is being delivered is refused (runInline
+// reports false) and the caller starts a goroutine as before, so nothing
+// waits for a batch that may never come.
 type LinkBatch struct {
 	deferredTCP bool
 
@@ -38,8 +39,9 @@ type LinkBatch struct {
 	ran atomic.Uint64
 }
 
-// NewLinkBatch returns a LinkBatch; with deferredTCP, End first runs
-// tcp.ProcessDeferred (tcp.SetDeferredProcessing(true) must be on).
+// NewLinkBatch returns a LinkBatch; with deferredTCP, End runs deferred
+// TCP processing around the queued work (tcp.SetDeferredProcessing(true)
+// must be on).
 func NewLinkBatch(deferredTCP bool) *LinkBatch {
 	return &LinkBatch{deferredTCP: deferredTCP}
 }
