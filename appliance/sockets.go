@@ -30,10 +30,16 @@ type Socket struct {
 	SndBuf    int64  `json:"sndbuf"`
 	// Truesize, TCP only (ss -m skmem): RMem is the receive and
 	// out-of-order queues' memory (rmem_alloc), OOOMem the out-of-order
-	// part, TMem the write list's (wmem_alloc, wmem_queued).
-	RMem   int `json:"rmem"`
-	OOOMem int `json:"ooo_mem"`
-	TMem   int `json:"tmem"`
+	// part, TMem the write list's (wmem_alloc, wmem_queued). FwdAlloc is
+	// receive memory charged to tcp_mem but not used (fwd_alloc), Backlog
+	// the segments waiting to be processed (backlog), Drops the segments
+	// the endpoint discarded (drops). See docs/design.md.
+	RMem     int    `json:"rmem"`
+	OOOMem   int    `json:"ooo_mem"`
+	TMem     int    `json:"tmem"`
+	FwdAlloc int    `json:"fwd_alloc"`
+	Backlog  int    `json:"backlog"`
+	Drops    uint64 `json:"drops"`
 	// TCP only (ss -i).
 	CC       string `json:"cc,omitempty"`
 	RTTus    int64  `json:"rtt_us,omitempty"`
@@ -118,8 +124,7 @@ func (g *Gateway) Sockets() []Socket {
 			}
 			if te, ok := ep.(*tcp.Endpoint); ok {
 				ccInfo(&s, te)
-				mi := te.MemInfo()
-				s.RMem, s.OOOMem, s.TMem = mi.RcvMem+mi.OOOMem, mi.OOOMem, mi.SndMem
+				skmem(&s, te.MemInfo())
 			}
 		case udp.ProtocolNumber:
 			s.Proto = "udp"
@@ -190,6 +195,17 @@ type SockStat struct {
 	Memory *netstack.MemState `json:"memory,omitempty"`
 }
 
+// skmem fills s's memory fields from an endpoint's MemInfo, as Linux's
+// sk_meminfo.
+func skmem(s *Socket, mi tcp.MemInfo) {
+	s.RMem, s.OOOMem, s.TMem = mi.RcvMem+mi.OOOMem, mi.OOOMem, mi.SndMem
+	// Charged: every received segment but the backlog, rounded up to
+	// pages (gVisor patch 0016). Readings race with packet processing:
+	// never negative.
+	s.FwdAlloc = max(0, mi.RcvCharged-(mi.RcvMemUsed-mi.Backlog))
+	s.Backlog, s.Drops = mi.Backlog, mi.Drops
+}
+
 // pageSize is the unit of sockstat's mem columns.
 const pageSize = netstack.PageSize
 
@@ -228,10 +244,12 @@ func SockStatOf(socks []Socket) SockStat {
 }
 
 // SockStat is SockStatOf the gateway's sockets with the stack's memory
-// accounting.
+// accounting; TCP mem is the stack's charged total (Linux's sockstat
+// prints tcp_memory_allocated), as of the last accounting scan.
 func (g *Gateway) SockStat() SockStat {
 	st := SockStatOf(g.Sockets())
 	ms := g.stack.MemState()
 	st.Memory = &ms
+	st.TCPMem = int(ms.Pages)
 	return st
 }

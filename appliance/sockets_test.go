@@ -1,6 +1,10 @@
 package appliance
 
-import "testing"
+import (
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+)
 
 func TestSockStatOf(t *testing.T) {
 	socks := []Socket{
@@ -20,5 +24,15 @@ func TestSockStatOf(t *testing.T) {
 	}
 	if z := SockStatOf(nil); z != (SockStat{}) {
 		t.Fatalf("SockStatOf(nil) = %+v, want zero", z)
+	}
+}
+
+func TestSkmem(t *testing.T) {
+	mi := tcp.MemInfo{RcvMem: 5000, OOOMem: 2000, SndMem: 300, RcvMemUsed: 8100, Backlog: 1100, RcvCharged: 8192, Drops: 3}
+	var s Socket
+	skmem(&s, mi)
+	want := Socket{RMem: 7000, OOOMem: 2000, TMem: 300, FwdAlloc: 8192 - 7000, Backlog: 1100, Drops: 3}
+	if s != want {
+		t.Errorf("skmem(%+v) = %+v, want %+v", mi, s, want)
 	}
 }

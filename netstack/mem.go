@@ -61,6 +61,7 @@ type memAccount struct {
 
 	limits    atomic.Pointer[[3]int64] // tcp_mem: min, pressure, max (pages)
 	pages     atomic.Int64
+	sndBytes  atomic.Int64 // send queues' truesize at the last scan
 	pressure  atomic.Bool
 	overMax   atomic.Bool
 	entered   atomic.Uint64
@@ -126,22 +127,25 @@ func (m *memAccount) run() {
 	}
 }
 
-// scan sums every TCP endpoint's truesize and moves the pressure state.
+// scan sums every TCP endpoint's send truesize, adds the receive memory
+// netstack charges per segment (gVisor patch 0016) and moves the
+// pressure state.
 func (m *memAccount) scan(now time.Time) {
 	var eps []*tcp.Endpoint
-	var total int64
+	var snd int64
 	for _, te := range m.s.RegisteredEndpoints() {
 		ep, ok := te.(*tcp.Endpoint)
 		if !ok {
 			continue
 		}
 		eps = append(eps, ep)
-		mi := ep.MemInfo()
-		total += int64(mi.RcvMem + mi.OOOMem + mi.SndMem)
+		snd += int64(ep.MemInfo().SndMem)
 	}
+	m.sndBytes.Store(snd)
+	lim := *m.limits.Load()
+	total := tcp.RcvMemCharged(m.s.Stack) + snd
 	pages := (total + PageSize - 1) / PageSize
 	m.pages.Store(pages)
-	lim := *m.limits.Load()
 	m.overMax.Store(pages > lim[2])
 	switch {
 	case !m.pressure.Load() && pages > lim[1]:
@@ -209,7 +213,11 @@ func (s *Stack) MemState() MemState { return s.mem.state() }
 // the stack's TCP memory is above tcp_mem's max, and counts the refusal.
 // Established connections keep working.
 func (s *Stack) RefuseNew() bool {
-	if !s.mem.overMax.Load() {
+	// The receive side is live (charged per segment), the send side as of
+	// the last scan.
+	m := s.mem
+	live := tcp.RcvMemCharged(s.Stack)+m.sndBytes.Load() > (*m.limits.Load())[2]*PageSize
+	if !m.overMax.Load() && !live {
 		return false
 	}
 	s.mem.refused.Add(1)

@@ -240,3 +240,54 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestSkmemMemInfo checks the memory ss -m prints beyond r and t on a
+// live endpoint: a segment waiting in the segment queue is backlog and
+// not charged (gVisor patch 0016); once processed and held unread it is
+// charged in whole pages (charged minus used is Linux's fwd_alloc, under
+// a page); once read the charge goes back to zero.
+func TestSkmemMemInfo(t *testing.T) {
+	s := newTestStack(t, Options{})
+	ep := channel.New(256, 1500, "")
+	if _, err := s.AttachNIC(ep, NICOptions{Name: "eth0", Addresses: []tcpip.AddressWithPrefix{{Address: localAddr, PrefixLen: 24}}, DefaultRoute: true}); err != nil {
+		t.Fatal(err)
+	}
+	p, c := connectRaw(t, s, ep)
+	var tep *tcp.Endpoint
+	waitFor(t, "established endpoint", func() bool {
+		for _, te := range s.RegisteredEndpoints() {
+			if e, ok := te.(*tcp.Endpoint); ok && e.EndpointState() == tcp.StateEstablished {
+				tep = e
+			}
+		}
+		return tep != nil
+	})
+	waitFor(t, "handshake charge released", func() bool { return tcp.RcvMemCharged(s.Stack) == 0 })
+
+	// Deferred processing (patch 0004) leaves the segment in the queue
+	// until ProcessDeferred; it is process-wide, so restore it.
+	tcp.SetDeferredProcessing(true)
+	t.Cleanup(func() { tcp.SetDeferredProcessing(false) })
+	data := make([]byte, 1000)
+	p.send(header.TCPFlagAck, p.sndNxt, data)
+	p.sndNxt += seqnum.Value(len(data))
+	mi := tep.MemInfo()
+	if mi.Backlog == 0 || mi.RcvMemUsed < mi.Backlog || mi.RcvCharged != 0 {
+		t.Errorf("segment in the queue: %+v, want backlog > 0, counted in RcvMemUsed, not charged", mi)
+	}
+	tcp.ProcessDeferred()
+	mi = tep.MemInfo()
+	fwd := mi.RcvCharged - (mi.RcvMemUsed - mi.Backlog)
+	if mi.Backlog != 0 || mi.RcvMem == 0 || mi.RcvCharged%4096 != 0 || fwd < 0 || fwd >= 4096 {
+		t.Errorf("segment held unread: %+v, want no backlog, charged in pages, charged-used in [0, 4096)", mi)
+	}
+	if got := tcp.RcvMemCharged(s.Stack); got != int64(mi.RcvCharged) {
+		t.Errorf("stack charge %d, want the endpoint's %d", got, mi.RcvCharged)
+	}
+	tcp.SetDeferredProcessing(false)
+	buf := make([]byte, len(data))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "charge released after the read", func() bool { return tcp.RcvMemCharged(s.Stack) == 0 })
+}

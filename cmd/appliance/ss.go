@@ -46,7 +46,7 @@ closed sockets are left out. Addresses are always numeric (-n is accepted).`,
 	fl.BoolVarP(&f.udp, "udp", "u", false, "UDP sockets")
 	fl.BoolVarP(&f.all, "all", "a", false, "listening and closed sockets too")
 	fl.BoolVarP(&f.numeric, "numeric", "n", false, "numeric addresses (always)")
-	fl.BoolVarP(&f.mem, "memory", "m", false, "socket memory: skmem:(r receive+out-of-order truesize, rb receive buffer, t send truesize, tb send buffer, f, w queued send, o, bl, d as in Linux)")
+	fl.BoolVarP(&f.mem, "memory", "m", false, "socket memory: skmem:(r receive+out-of-order truesize, rb receive buffer, t send truesize, tb send buffer, f charged but unused receive memory, w queued send truesize, o option memory (always 0), bl backlog truesize, d drops) as in Linux")
 	fl.BoolVarP(&f.info, "info", "i", false, "TCP internals: congestion control, rto, rtt/rttvar, cwnd, ssthresh")
 	fl.BoolVarP(&f.ext, "extended", "e", false, "accepted for compatibility; the host socket is always shown")
 	fl.StringVar(&f.name, "name", "default", "instance name")
@@ -71,7 +71,7 @@ func printSS(w io.Writer, socks []appliance.Socket, f ssFlags) {
 		rows = append(rows, []string{s.Proto, s.State, fmt.Sprint(s.RecvQ), fmt.Sprint(s.SendQ), s.Local, s.Peer, host})
 		var d []string
 		if f.mem {
-			d = append(d, fmt.Sprintf("skmem:(r%d,rb%d,t%d,tb%d,f0,w%d,o0,bl0,d0)", s.RMem, s.RcvBuf, s.TMem, s.SndBuf, s.TMem))
+			d = append(d, skmemString(s))
 		}
 		if f.info && s.Proto == "tcp" {
 			d = append(d, ssInfo(s))
@@ -137,4 +137,13 @@ there yet, so it reads lower than Linux would).`,
 	}
 	cmd.Flags().StringVar(&name, "name", "default", "instance name")
 	return cmd
+}
+
+// skmemString formats s's memory as ss -m's skmem:(r,rb,t,tb,f,w,o,bl,d).
+// t and w are both the write list's truesize (netstack does not track
+// what the link still holds after a write); o is always 0: netstack
+// keeps no per-socket option memory.
+func skmemString(s appliance.Socket) string {
+	return fmt.Sprintf("skmem:(r%d,rb%d,t%d,tb%d,f%d,w%d,o0,bl%d,d%d)",
+		s.RMem, s.RcvBuf, s.TMem, s.SndBuf, s.FwdAlloc, s.TMem, s.Backlog, s.Drops)
 }

@@ -26,3 +26,11 @@ func TestSSInfo(t *testing.T) {
 		}
 	}
 }
+
+func TestSkmemString(t *testing.T) {
+	s := appliance.Socket{RMem: 9000, RcvBuf: 131072, TMem: 2304, SndBuf: 16384, FwdAlloc: 3288, Backlog: 1100, Drops: 7}
+	want := "skmem:(r9000,rb131072,t2304,tb16384,f3288,w2304,o0,bl1100,d7)"
+	if got := skmemString(s); got != want {
+		t.Errorf("skmemString = %q, want %q", got, want)
+	}
+}
