@@ -38,7 +38,10 @@ type MatrixRow struct {
 	CC      string  `json:"cc"`
 	Emulate string  `json:"emulate"`
 	Loss    float64 `json:"loss_pct"`
-	Mbps    float64 `json:"mbps"`
+	// Extra marks a --cc-extra cell (MatrixConfig.Extra), not part of
+	// the loss series.
+	Extra bool    `json:"extra,omitempty"`
+	Mbps  float64 `json:"mbps"`
 	// PingMeanMs/PingP95Ms: ping's RTT during the transfer.
 	PingMeanMs  float64 `json:"ping_mean_ms"`
 	PingP95Ms   float64 `json:"ping_p95_ms"`
@@ -71,8 +74,9 @@ func RunCCMatrix(ctx context.Context, mc MatrixConfig) ([]MatrixRow, error) {
 		mc.Progress = io.Discard
 	}
 	type cell struct {
-		spec string
-		loss float64
+		spec  string
+		loss  float64
+		extra bool
 	}
 	var cells []cell
 	for _, l := range mc.Losses {
@@ -80,10 +84,10 @@ func RunCCMatrix(ctx context.Context, mc MatrixConfig) ([]MatrixRow, error) {
 		if l > 0 {
 			spec += ",loss=" + strconv.FormatFloat(l, 'f', -1, 64) + "%"
 		}
-		cells = append(cells, cell{spec, l})
+		cells = append(cells, cell{spec, l, false})
 	}
 	for _, x := range mc.Extra {
-		cells = append(cells, cell{x, 0})
+		cells = append(cells, cell{x, 0, true})
 	}
 	var rows []MatrixRow
 	for _, alg := range mc.Algorithms {
@@ -92,7 +96,7 @@ func RunCCMatrix(ctx context.Context, mc MatrixConfig) ([]MatrixRow, error) {
 				if ctx.Err() != nil {
 					return rows, ctx.Err()
 				}
-				row := MatrixRow{Stack: "appliance", CC: alg, Emulate: c.spec, Loss: c.loss}
+				row := MatrixRow{Stack: "appliance", CC: alg, Emulate: c.spec, Loss: c.loss, Extra: c.extra}
 				if mode == "router" {
 					row.Stack = "kernel"
 					if ok, avail := KernelCC(alg); !ok {

@@ -58,7 +58,9 @@ netem): its row is the un-emulated reference. --cc also sets the kernel
 senders' congestion control (iperf3 -C) of the kernel path and, in router
 mode, of the appliance path, whose TCP endpoints are kernel sockets; it is
 skipped with a note when the kernel lacks it. --plot draws every run's
-throughput and RTT over time into an SVG file, one line per run.`,
+throughput and RTT over time into an SVG file, one line per run; with
+--cc-matrix it draws throughput against the loss rate, one line per
+algorithm, netstack's solid and the kernel's dashed.`,
 		Example: `  appliance bench --mode router --emulate rate=100mbit,delay=20ms --cc cubic --plot cubic.svg
   appliance bench --compare kernel --mtu 1500 --json`,
 		Args: cobra.NoArgs,
@@ -67,7 +69,7 @@ throughput and RTT over time into an SVG file, one line per run.`,
 				return benchConns(cmd, conns, connsKernel, connsProfile, asJSON)
 			}
 			if mx.on {
-				return runCCMatrix(cmd, mx, emulate, dur, cmd.Flags().Changed("time"), asJSON)
+				return runCCMatrix(cmd, mx, emulate, dur, cmd.Flags().Changed("time"), asJSON, plot)
 			}
 			cfg := bench.Config{Mode: mode, CC: cc, Emulate: emulate, Series: plot != "", Time: dur, RRTime: rrDur, Progress: os.Stderr}
 			if emulate != "" {
@@ -146,7 +148,7 @@ throughput and RTT over time into an SVG file, one line per run.`,
 	fl.StringVar(&conns, "conns", "", "instead of throughput: hold this many idle TCP connections through the appliance (comma-separated counts, e.g. 10000,50000) and report memory per connection and growth after they close")
 	fl.StringVar(&connsProfile, "conns-heap-profile", "", "with --conns, save the appliance's heap profile while the connections are held to FILE.COUNT (go tool pprof -top)")
 	fl.BoolVar(&connsKernel, "conns-kernel", true, "with --conns, also measure the kernel's own cost on a veth pair")
-	fl.StringVar(&plot, "plot", "", "draw each iperf3 run's throughput and RTT over time into this SVG file")
+	fl.StringVar(&plot, "plot", "", "draw each iperf3 run's throughput and RTT over time into this SVG file (--cc-matrix: throughput against loss per algorithm)")
 	mx.flags(fl)
 	return cmd
 }

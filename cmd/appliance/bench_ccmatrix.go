@@ -20,16 +20,33 @@ type matrixFlags struct {
 	on           bool
 	algs, losses string
 	extra        []string
+	from         []string
 }
 
 func (m *matrixFlags) flags(fl *pflag.FlagSet) {
 	fl.BoolVar(&m.on, "cc-matrix", false, "congestion-control matrix instead of the path table: for each --cc-list algorithm and --loss-list rate, one download (iperf3 -R) across --emulate (default rate=100mbit,delay=20ms) plus loss, netstack sending (gateway mode) vs the kernel sending (router mode, iperf3 -C); prints a Markdown table (--time per cell, default 10s)")
 	fl.StringVar(&m.algs, "cc-list", "reno,cubic,bbr", "--cc-matrix: algorithms (comma-separated)")
 	fl.StringVar(&m.losses, "loss-list", "0,0.1,1,2,5", "--cc-matrix: loss percentages (comma-separated)")
+	fl.StringArrayVar(&m.from, "cc-matrix-from", nil, "--cc-matrix: measure nothing, read the rows of earlier --cc-matrix --json runs from FILE (repeatable: several runs are plotted as their mean and range) and print the table (and --plot)")
 	fl.StringArrayVar(&m.extra, "cc-extra", nil, "--cc-matrix: another emulation SPEC measured at loss 0, e.g. rate=100mbit,delay=20ms,limit=2000 for RTT inflation (repeatable)")
 }
 
-func runCCMatrix(cmd *cobra.Command, m matrixFlags, emulate string, dur time.Duration, durSet, asJSON bool) error {
+func runCCMatrix(cmd *cobra.Command, m matrixFlags, emulate string, dur time.Duration, durSet, asJSON bool, plot string) error {
+	if len(m.from) > 0 {
+		var rows []bench.MatrixRow
+		for _, f := range m.from {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return fmt.Errorf("bench: --cc-matrix-from: %w", err)
+			}
+			var rs []bench.MatrixRow
+			if err := json.Unmarshal(b, &rs); err != nil {
+				return fmt.Errorf("bench: --cc-matrix-from %s: not the JSON of --cc-matrix --json: %w", f, err)
+			}
+			rows = append(rows, rs...)
+		}
+		return writeCCMatrix(cmd, rows, asJSON, plot)
+	}
 	mc := bench.MatrixConfig{Emulate: emulate, Extra: m.extra, Progress: os.Stderr}
 	if durSet {
 		mc.Time = dur
@@ -61,14 +78,34 @@ func runCCMatrix(cmd *cobra.Command, m matrixFlags, emulate string, dur time.Dur
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rows, err := bench.RunCCMatrix(ctx, mc)
+	if werr := writeCCMatrix(cmd, rows, asJSON, plot); werr != nil {
+		return werr
+	}
+	return err
+}
+
+// writeCCMatrix prints rows as the table (or JSON) and, with plot, draws
+// them into that SVG file.
+func writeCCMatrix(cmd *cobra.Command, rows []bench.MatrixRow, asJSON bool, plot string) error {
+	if plot != "" && len(rows) > 0 {
+		f, err := os.Create(plot)
+		if err != nil {
+			return fmt.Errorf("bench: plot: %w", err)
+		}
+		perr := bench.WriteMatrixPlot(f, "TCP download across the emulated path plus random loss: netstack (solid) vs the kernel (dashed)", rows)
+		if cerr := f.Close(); perr == nil {
+			perr = cerr
+		}
+		if perr != nil {
+			return fmt.Errorf("bench: plot %s: %w", plot, perr)
+		}
+		fmt.Fprintf(os.Stderr, "bench: plot written to %s\n", plot)
+	}
 	if asJSON {
 		enc := json.NewEncoder(cmd.OutOrStdout())
 		enc.SetIndent("", "  ")
-		if jerr := enc.Encode(rows); jerr != nil {
-			return jerr
-		}
-	} else {
-		bench.WriteMatrix(cmd.OutOrStdout(), rows)
+		return enc.Encode(rows)
 	}
-	return err
+	bench.WriteMatrix(cmd.OutOrStdout(), rows)
+	return nil
 }
