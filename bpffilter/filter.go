@@ -8,7 +8,10 @@ package bpffilter
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
+
+	"github.com/cilium/ebpf/asm"
 )
 
 // Rule is one drop rule. A packet matches when every condition set
@@ -60,7 +63,7 @@ func (r *Rule) neverMatches() bool {
 		r.Ports && (full(r.SrcPorts) && r.SrcPortsInvert || full(r.DstPorts) && r.DstPortsInvert)
 }
 
-// Stack slots (offsets from r10).
+// Stack slots (offsets from R10).
 const (
 	slotL4    = -8  // 0: no ports, 1: ports, 2: ports and TCP flags
 	slotSport = -16 //
@@ -70,111 +73,209 @@ const (
 	slotKey   = -48
 )
 
-// compile emits the program for v4 and v6 rules (rule i of v6 is map
-// rule len(v4)+i) counting into the map mapFD.
-func compile(v4, v6 []Rule, mapFD int) ([]byte, error) {
-	var a asm
-	a.movX(r6, r1)
-	a.ldxMem(szW, r9, r6, 0) // skb->len
-	for _, s := range []int16{slotL4, slotSport, slotDport, slotFlags, slotKey} {
-		a.stMem(szDW, r10, s, 0)
+// Registers: R6 holds the context (LoadAbs and LoadInd need it there), R7
+// the protocol, R8 the transport header's offset, R9 the packet's length.
+// R1-R5 are clobbered by calls and by LoadAbs/LoadInd, which load into R0.
+const (
+	r0, r1, r2, r6, r7, r8, r9, r10 = asm.R0, asm.R1, asm.R2, asm.R6, asm.R7, asm.R8, asm.R9, asm.R10
+)
+
+// builder collects instructions and puts labels on them as cilium/ebpf
+// symbols. An instruction has one symbol, so a second label on it is an
+// alias that jumps are redirected from.
+type builder struct {
+	insns   asm.Instructions
+	pending []string          // labels for the next instruction
+	alias   map[string]string // label to the symbol of its instruction
+	nlabel  int
+}
+
+func (b *builder) emit(ins ...asm.Instruction) {
+	for _, in := range ins {
+		if len(b.pending) > 0 {
+			in = in.WithSymbol(b.pending[0])
+			for _, l := range b.pending[1:] {
+				if b.alias == nil {
+					b.alias = map[string]string{}
+				}
+				b.alias[l] = b.pending[0]
+			}
+			b.pending = nil
+		}
+		b.insns = append(b.insns, in)
 	}
-	a.stMem(szDW, r10, slotClass, int32(ClassOther))
-	a.jmpK(jmpJLT, r9, 1, "pass")
-	a.ldAbs(szB, 0)
-	a.alu32K(aluRSH, r0, 4)
+}
+
+// newLabel returns a fresh label name.
+func (b *builder) newLabel() string {
+	b.nlabel++
+	return fmt.Sprintf("L%d", b.nlabel)
+}
+
+// mark puts label l on the next instruction.
+func (b *builder) mark(l string) { b.pending = append(b.pending, l) }
+
+// referenced reports whether a jump goes to label l.
+func (b *builder) referenced(l string) bool {
+	for _, in := range b.insns {
+		if in.Reference() == l {
+			return true
+		}
+	}
+	return false
+}
+
+// finish points jumps at aliased labels to their instruction's symbol.
+func (b *builder) finish() (asm.Instructions, error) {
+	if len(b.pending) > 0 {
+		return nil, fmt.Errorf("bpffilter: label %s at the end of the program", b.pending[0])
+	}
+	if len(b.insns) > math.MaxInt16 {
+		// Jump offsets are 16 bits.
+		return nil, fmt.Errorf("bpffilter: program too long (%d instructions)", len(b.insns))
+	}
+	for i, in := range b.insns {
+		if s, ok := b.alias[in.Reference()]; ok {
+			b.insns[i] = in.WithReference(s)
+		}
+	}
+	return b.insns, nil
+}
+
+// storeImm64 stores the sign-extended value at R10+off: the kernel's
+// 64-bit store of a 32-bit immediate, which asm.StoreImm does not emit
+// for asm.DWord.
+func storeImm64(off int16, value int32) asm.Instruction {
+	return asm.Instruction{OpCode: asm.StoreImmOp(asm.DWord), Dst: r10, Offset: off, Constant: int64(value)}
+}
+
+// compile emits the program for v4 and v6 rules (rule i of v6 is map
+// rule len(v4)+i) counting into the map with file descriptor mapFD.
+func compile(v4, v6 []Rule, mapFD int) (asm.Instructions, error) {
+	var a builder
+	a.emit(
+		asm.Mov.Reg(r6, r1),
+		asm.LoadMem(r9, r6, 0, asm.Word), // skb->len
+	)
+	for _, s := range []int16{slotL4, slotSport, slotDport, slotFlags, slotKey} {
+		a.emit(storeImm64(s, 0))
+	}
+	a.emit(
+		storeImm64(slotClass, int32(ClassOther)),
+		asm.JLT.Imm(r9, 1, "pass"),
+		asm.LoadAbs(0, asm.Byte),
+		asm.RSh.Imm32(r0, 4),
+	)
 	if len(v4) > 0 {
-		a.jmpK(jmpJEQ, r0, 4, "v4")
+		a.emit(asm.JEq.Imm(r0, 4, "v4"))
 	}
 	if len(v6) > 0 {
-		a.jmpK(jmpJEQ, r0, 6, "v6")
+		a.emit(asm.JEq.Imm(r0, 6, "v6"))
 	}
-	a.ja("pass")
+	a.emit(asm.Ja.Label("pass"))
 	if len(v4) > 0 {
 		a.mark("v4")
-		a.jmpK(jmpJLT, r9, 20, "pass")
-		a.ldAbs(szB, 9)
-		a.movX(r7, r0)
+		a.emit(
+			asm.JLT.Imm(r9, 20, "pass"),
+			asm.LoadAbs(9, asm.Byte),
+			asm.Mov.Reg(r7, r0),
+		)
 		classify(&a)
 		// No ports in a non-first fragment or past a bad header length.
-		a.ldAbs(szH, 6)
-		a.alu32K(aluAND, r0, 0x1fff)
-		a.jmpK(jmpJNE, r0, 0, "rules4")
-		a.ldAbs(szB, 0)
-		a.alu32K(aluAND, r0, 0xf)
-		a.alu32K(aluLSH, r0, 2)
-		a.movX(r8, r0)
-		a.jmpK(jmpJLT, r8, 20, "rules4")
+		a.emit(
+			asm.LoadAbs(6, asm.Half),
+			asm.And.Imm32(r0, 0x1fff),
+			asm.JNE.Imm(r0, 0, "rules4"),
+			asm.LoadAbs(0, asm.Byte),
+			asm.And.Imm32(r0, 0xf),
+			asm.LSh.Imm32(r0, 2),
+			asm.Mov.Reg(r8, r0),
+			asm.JLT.Imm(r8, 20, "rules4"),
+		)
 		transport(&a, "rules4")
 		a.mark("rules4")
 		if rules(&a, v4, 0, false, mapFD) {
-			a.ja("pass")
+			a.emit(asm.Ja.Label("pass"))
 		}
 	}
 	if len(v6) > 0 {
 		a.mark("v6")
-		a.jmpK(jmpJLT, r9, 40, "pass")
-		a.ldAbs(szB, 6)
-		a.movX(r7, r0)
+		a.emit(
+			asm.JLT.Imm(r9, 40, "pass"),
+			asm.LoadAbs(6, asm.Byte),
+			asm.Mov.Reg(r7, r0),
+		)
 		classify(&a)
-		a.movK(r8, 40)
+		a.emit(asm.Mov.Imm(r8, 40))
 		transport(&a, "rules6")
 		a.mark("rules6")
 		if rules(&a, v6, len(v4), true, mapFD) {
-			a.ja("pass")
+			a.emit(asm.Ja.Label("pass"))
 		}
 	}
 	a.mark("pass")
-	a.movX(r0, r9) // keep the whole packet
-	a.exit()
-	return a.assemble()
+	a.emit(
+		asm.Mov.Reg(r0, r9), // keep the whole packet
+		asm.Return(),
+	)
+	return a.finish()
 }
 
-// classify stores the protocol class of the protocol in r7.
-func classify(a *asm) {
+// classify stores the protocol class of the protocol in R7.
+func classify(a *builder) {
 	done, notTCP, notUDP, icmp := a.newLabel(), a.newLabel(), a.newLabel(), a.newLabel()
-	a.jmpK(jmpJNE, r7, 6, notTCP)
-	a.stMem(szDW, r10, slotClass, int32(ClassTCP))
-	a.ja(done)
+	a.emit(
+		asm.JNE.Imm(r7, 6, notTCP),
+		storeImm64(slotClass, int32(ClassTCP)),
+		asm.Ja.Label(done),
+	)
 	a.mark(notTCP)
-	a.jmpK(jmpJNE, r7, 17, notUDP)
-	a.stMem(szDW, r10, slotClass, int32(ClassUDP))
-	a.ja(done)
+	a.emit(
+		asm.JNE.Imm(r7, 17, notUDP),
+		storeImm64(slotClass, int32(ClassUDP)),
+		asm.Ja.Label(done),
+	)
 	a.mark(notUDP)
-	a.jmpK(jmpJEQ, r7, 1, icmp)
-	a.jmpK(jmpJNE, r7, 58, done)
+	a.emit(
+		asm.JEq.Imm(r7, 1, icmp),
+		asm.JNE.Imm(r7, 58, done),
+	)
 	a.mark(icmp)
-	a.stMem(szDW, r10, slotClass, int32(ClassICMP))
+	a.emit(storeImm64(slotClass, int32(ClassICMP)))
 	a.mark(done)
 }
 
-// transport loads ports (and TCP flags) of a TCP or UDP header at r8 into
+// transport loads ports (and TCP flags) of a TCP or UDP header at R8 into
 // the stack slots if the packet holds them, then goes to out.
-func transport(a *asm, out string) {
+func transport(a *builder, out string) {
 	ports := a.newLabel()
-	a.jmpK(jmpJEQ, r7, 6, ports)
-	a.jmpK(jmpJNE, r7, 17, out)
+	a.emit(
+		asm.JEq.Imm(r7, 6, ports),
+		asm.JNE.Imm(r7, 17, out),
+	)
 	a.mark(ports)
-	a.movX(r1, r8)
-	a.alu64K(aluADD, r1, 4)
-	a.jmpX(jmpJGT, r1, r9, out)
-	a.ldInd(szH, r8, 0)
-	a.stxMem(szDW, r10, r0, slotSport)
-	a.ldInd(szH, r8, 2)
-	a.stxMem(szDW, r10, r0, slotDport)
-	a.stMem(szDW, r10, slotL4, 1)
-	a.jmpK(jmpJNE, r7, 6, out)
-	a.movX(r1, r8)
-	a.alu64K(aluADD, r1, 14)
-	a.jmpX(jmpJGT, r1, r9, out)
-	a.ldInd(szB, r8, 13)
-	a.stxMem(szDW, r10, r0, slotFlags)
-	a.stMem(szDW, r10, slotL4, 2)
+	a.emit(
+		asm.Mov.Reg(r1, r8),
+		asm.Add.Imm(r1, 4),
+		asm.JGT.Reg(r1, r9, out),
+		asm.LoadInd(r0, r8, 0, asm.Half),
+		asm.StoreMem(r10, slotSport, r0, asm.DWord),
+		asm.LoadInd(r0, r8, 2, asm.Half),
+		asm.StoreMem(r10, slotDport, r0, asm.DWord),
+		storeImm64(slotL4, 1),
+		asm.JNE.Imm(r7, 6, out),
+		asm.Mov.Reg(r1, r8),
+		asm.Add.Imm(r1, 14),
+		asm.JGT.Reg(r1, r9, out),
+		asm.LoadInd(r0, r8, 13, asm.Byte),
+		asm.StoreMem(r10, slotFlags, r0, asm.DWord),
+		storeImm64(slotL4, 2),
+	)
 }
 
 // rules emits rs (map rule base+i) and reports whether a packet can get
 // past them all (no rule matches everything).
-func rules(a *asm, rs []Rule, base int, v6 bool, mapFD int) bool {
+func rules(a *builder, rs []Rule, base int, v6 bool, mapFD int) bool {
 	for i := range rs {
 		if !rule(a, &rs[i], base+i, v6, mapFD) {
 			// The rest is unreachable, which the verifier refuses.
@@ -187,7 +288,7 @@ func rules(a *asm, rs []Rule, base int, v6 bool, mapFD int) bool {
 // rule emits one rule: on a match, count it in map slot idx*4+class and
 // drop; otherwise fall through to the next rule. It reports whether a
 // packet can fall through.
-func rule(a *asm, r *Rule, idx int, v6 bool, mapFD int) bool {
+func rule(a *builder, r *Rule, idx int, v6 bool, mapFD int) bool {
 	if r.neverMatches() {
 		return true
 	}
@@ -206,18 +307,18 @@ func rule(a *asm, r *Rule, idx int, v6 bool, mapFD int) bool {
 			bits := min(p.Bits()-w*32, 32)
 			mask := ^uint32(0) << (32 - bits)
 			val := uint32(b[4*w])<<24 | uint32(b[4*w+1])<<16 | uint32(b[4*w+2])<<8 | uint32(b[4*w+3])
-			a.ldAbs(szW, off+int32(4*w))
+			a.emit(asm.LoadAbs(off+int32(4*w), asm.Word))
 			if mask != ^uint32(0) {
-				a.alu32K(aluAND, r0, int32(mask))
+				a.emit(asm.And.Imm32(r0, int32(mask)))
 			}
 			if inv {
-				a.jmp32K(jmpJNE, r0, val&mask, ok)
+				a.emit(asm.JNE.Imm32(r0, int32(val&mask), ok))
 			} else {
-				a.jmp32K(jmpJNE, r0, val&mask, next)
+				a.emit(asm.JNE.Imm32(r0, int32(val&mask), next))
 			}
 		}
 		if inv {
-			a.ja(next)
+			a.emit(asm.Ja.Label(next))
 			a.mark(ok)
 		}
 	}
@@ -225,70 +326,78 @@ func rule(a *asm, r *Rule, idx int, v6 bool, mapFD int) bool {
 	addr(r.Dst, r.DstInvert, 16, 24)
 	if r.Proto != 0 {
 		if r.ProtoInvert {
-			a.jmpK(jmpJEQ, r7, int32(r.Proto), next)
+			a.emit(asm.JEq.Imm(r7, int32(r.Proto), next))
 		} else {
-			a.jmpK(jmpJNE, r7, int32(r.Proto), next)
+			a.emit(asm.JNE.Imm(r7, int32(r.Proto), next))
 		}
 	}
 	if r.Ports {
-		a.ldxMem(szDW, r0, r10, slotL4)
+		a.emit(asm.LoadMem(r0, r10, slotL4, asm.DWord))
 		if r.FlagsMask != 0 {
-			a.jmpK(jmpJNE, r0, 2, next)
+			a.emit(asm.JNE.Imm(r0, 2, next))
 		} else {
-			a.jmpK(jmpJEQ, r0, 0, next)
+			a.emit(asm.JEq.Imm(r0, 0, next))
 		}
 		ports := func(p PortRange, inv bool, slot int16) {
 			if p.Min == 0 && p.Max == 0xffff {
 				return
 			}
-			a.ldxMem(szDW, r0, r10, slot)
+			a.emit(asm.LoadMem(r0, r10, slot, asm.DWord))
 			if !inv {
 				if p.Min > 0 {
-					a.jmpK(jmpJLT, r0, int32(p.Min), next)
+					a.emit(asm.JLT.Imm(r0, int32(p.Min), next))
 				}
 				if p.Max < 0xffff {
-					a.jmpK(jmpJGT, r0, int32(p.Max), next)
+					a.emit(asm.JGT.Imm(r0, int32(p.Max), next))
 				}
 				return
 			}
 			ok := a.newLabel()
 			if p.Min > 0 {
-				a.jmpK(jmpJLT, r0, int32(p.Min), ok)
+				a.emit(asm.JLT.Imm(r0, int32(p.Min), ok))
 			}
 			if p.Max < 0xffff {
-				a.jmpK(jmpJGT, r0, int32(p.Max), ok)
+				a.emit(asm.JGT.Imm(r0, int32(p.Max), ok))
 			}
-			a.ja(next)
+			a.emit(asm.Ja.Label(next))
 			a.mark(ok)
 		}
 		ports(r.SrcPorts, r.SrcPortsInvert, slotSport)
 		ports(r.DstPorts, r.DstPortsInvert, slotDport)
 		if r.FlagsMask != 0 {
-			a.ldxMem(szDW, r0, r10, slotFlags)
-			a.alu64K(aluAND, r0, int32(r.FlagsMask))
+			a.emit(
+				asm.LoadMem(r0, r10, slotFlags, asm.DWord),
+				asm.And.Imm(r0, int32(r.FlagsMask)),
+			)
 			if r.FlagsInvert {
-				a.jmpK(jmpJEQ, r0, int32(r.Flags&r.FlagsMask), next)
+				a.emit(asm.JEq.Imm(r0, int32(r.Flags&r.FlagsMask), next))
 			} else {
-				a.jmpK(jmpJNE, r0, int32(r.Flags&r.FlagsMask), next)
+				a.emit(asm.JNE.Imm(r0, int32(r.Flags&r.FlagsMask), next))
 			}
 		}
 	}
 	// Matched: count, then drop.
 	drop := a.newLabel()
-	a.ldxMem(szDW, r0, r10, slotClass)
-	a.alu64K(aluADD, r0, int32(idx*int(numClasses)))
-	a.stxMem(szW, r10, r0, slotKey)
-	a.movX(r2, r10)
-	a.alu64K(aluADD, r2, slotKey)
-	a.ldMapFD(r1, mapFD)
-	a.call(helperMapLookupElem)
-	a.jmpK(jmpJEQ, r0, 0, drop)
-	a.movK(r1, 1)
-	a.atomicAdd64(r0, r1, 0)
-	a.atomicAdd64(r0, r9, 8)
+	addBytes := asm.StoreXAdd(r0, r9, asm.DWord)
+	addBytes.Offset = 8
+	a.emit(
+		asm.LoadMem(r0, r10, slotClass, asm.DWord),
+		asm.Add.Imm(r0, int32(idx*int(numClasses))),
+		asm.StoreMem(r10, slotKey, r0, asm.Word),
+		asm.Mov.Reg(r2, r10),
+		asm.Add.Imm(r2, slotKey),
+		asm.LoadMapPtr(r1, mapFD),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(r0, 0, drop),
+		asm.Mov.Imm(r1, 1),
+		asm.StoreXAdd(r0, r1, asm.DWord), // packets
+		addBytes,                         // bytes
+	)
 	a.mark(drop)
-	a.movK(r0, 0)
-	a.exit()
+	a.emit(
+		asm.Mov.Imm(r0, 0),
+		asm.Return(),
+	)
 	if !a.referenced(next) {
 		return false
 	}

@@ -4,31 +4,19 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"runtime"
 	"strings"
 	"sync"
-	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
-)
-
-// bpf(2) commands and types (linux/bpf.h).
-const (
-	cmdMapCreate     = 0
-	cmdMapLookupElem = 1
-	cmdProgLoad      = 5
-	cmdProgTestRun   = 10
-
-	mapTypeArray         = 2
-	progTypeSocketFilter = 1
 )
 
 // Program is a loaded filter program and its counter map. Close releases
 // both; a device it is attached to keeps the program alive until detached.
 type Program struct {
 	mu     sync.Mutex
-	progFD int
-	mapFD  int
+	prog   *ebpf.Program
+	counts *ebpf.Map
 	rules  int
 }
 
@@ -46,75 +34,56 @@ func Load(v4, v6 []Rule) (*Program, error) {
 	if n == 0 {
 		return nil, errors.New("bpffilter: no rules")
 	}
-	var mattr [64]byte
-	binary.NativeEndian.PutUint32(mattr[0:], mapTypeArray)
-	binary.NativeEndian.PutUint32(mattr[4:], 4)  // key size
-	binary.NativeEndian.PutUint32(mattr[8:], 16) // value: packets, bytes
-	binary.NativeEndian.PutUint32(mattr[12:], uint32(n*int(numClasses)))
-	mapFD, err := bpf(cmdMapCreate, mattr[:])
+	m, err := ebpf.NewMap(&ebpf.MapSpec{
+		Type:       ebpf.Array,
+		KeySize:    4,
+		ValueSize:  16, // Count: packets, bytes
+		MaxEntries: uint32(n * int(numClasses)),
+	})
 	if err != nil {
 		return nil, fmt.Errorf("bpffilter: create map: %w", err)
 	}
-	code, err := compile(v4, v6, mapFD)
+	insns, err := compile(v4, v6, m.FD())
 	if err != nil {
-		unix.Close(mapFD)
+		m.Close()
 		return nil, err
 	}
-	progFD, err := loadProg(code, false)
+	prog, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
+		Name:         "nsa_early",
+		Type:         ebpf.SocketFilter,
+		License:      "GPL",
+		Instructions: insns,
+	}, ebpf.ProgramOptions{})
 	if err != nil {
-		// Load again with the verifier's log, for the error.
-		if _, lerr := loadProg(code, true); lerr != nil {
-			err = lerr
+		m.Close()
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("bpffilter: load program: %w: verifier: %s", ve.Cause, lastLine(ve.Log))
 		}
-		unix.Close(mapFD)
 		return nil, fmt.Errorf("bpffilter: load program: %w", err)
 	}
-	return &Program{progFD: progFD, mapFD: mapFD, rules: n}, nil
+	return &Program{prog: prog, counts: m, rules: n}, nil
 }
 
-func loadProg(code []byte, withLog bool) (int, error) {
-	license := []byte("GPL\x00")
-	var logBuf []byte
-	var attr [128]byte
-	binary.NativeEndian.PutUint32(attr[0:], progTypeSocketFilter)
-	binary.NativeEndian.PutUint32(attr[4:], uint32(len(code)/8))
-	binary.NativeEndian.PutUint64(attr[8:], uint64(uintptr(unsafe.Pointer(&code[0]))))
-	binary.NativeEndian.PutUint64(attr[16:], uint64(uintptr(unsafe.Pointer(&license[0]))))
-	if withLog {
-		logBuf = make([]byte, 1<<16)
-		binary.NativeEndian.PutUint32(attr[24:], 1)
-		binary.NativeEndian.PutUint32(attr[28:], uint32(len(logBuf)))
-		binary.NativeEndian.PutUint64(attr[32:], uint64(uintptr(unsafe.Pointer(&logBuf[0]))))
-	}
-	copy(attr[48:64], "nsa_early")
-	fd, err := bpf(cmdProgLoad, attr[:])
-	runtime.KeepAlive(code)
-	runtime.KeepAlive(license)
-	runtime.KeepAlive(logBuf)
-	if err != nil && withLog {
-		log := strings.TrimRight(string(logBuf[:max(0, strings.IndexByte(string(logBuf), 0))]), "\n")
-		if i := strings.LastIndexByte(log, '\n'); i >= 0 && len(log)-i < 200 {
-			log = log[i+1:]
+// lastLine is the verifier log's last line, which says what it refused,
+// without the statistics line some log levels end with.
+func lastLine(log []string) string {
+	for i := len(log) - 1; i >= 0; i-- {
+		if l := strings.TrimSpace(log[i]); l != "" && !strings.HasPrefix(l, "processed ") {
+			return l
 		}
-		return -1, fmt.Errorf("%w: verifier: %s", err, log)
 	}
-	return fd, err
-}
-
-func bpf(cmd int, attr []byte) (int, error) {
-	r, _, errno := unix.Syscall(unix.SYS_BPF, uintptr(cmd), uintptr(unsafe.Pointer(&attr[0])), uintptr(len(attr)))
-	runtime.KeepAlive(attr)
-	if errno != 0 {
-		return -1, errno
-	}
-	return int(r), nil
+	return ""
 }
 
 // FD is the program's file descriptor, for TUNSETFILTEREBPF.
 func (p *Program) FD() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.progFD
+	if p.prog == nil {
+		return -1
+	}
+	return p.prog.FD()
 }
 
 // Rules is the number of rules the program has.
@@ -125,25 +94,15 @@ func (p *Program) Rules() int { return p.rules }
 func (p *Program) Counts() ([]Count, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.mapFD < 0 {
+	if p.counts == nil {
 		return nil, errors.New("bpffilter: program closed")
 	}
 	out := make([]Count, p.rules*int(numClasses))
-	var attr [32]byte
-	var key uint32
-	var val [2]uint64
-	binary.NativeEndian.PutUint32(attr[0:], uint32(p.mapFD))
-	binary.NativeEndian.PutUint64(attr[8:], uint64(uintptr(unsafe.Pointer(&key))))
-	binary.NativeEndian.PutUint64(attr[16:], uint64(uintptr(unsafe.Pointer(&val[0]))))
 	for i := range out {
-		key = uint32(i)
-		if _, err := bpf(cmdMapLookupElem, attr[:]); err != nil {
+		if err := p.counts.Lookup(uint32(i), &out[i]); err != nil {
 			return nil, fmt.Errorf("bpffilter: read counter %d: %w", i, err)
 		}
-		out[i] = Count{Packets: val[0], Bytes: val[1]}
 	}
-	runtime.KeepAlive(&key)
-	runtime.KeepAlive(&val)
 	return out, nil
 }
 
@@ -152,7 +111,7 @@ func (p *Program) Counts() ([]Count, error) {
 func (p *Program) Run(pkt []byte) (drop bool, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.progFD < 0 {
+	if p.prog == nil {
 		return false, errors.New("bpffilter: program closed")
 	}
 	// The test run takes an Ethernet frame and starts a socket filter
@@ -164,26 +123,20 @@ func (p *Program) Run(pkt []byte) (drop bool, err error) {
 	}
 	binary.BigEndian.PutUint16(data[12:], typ)
 	copy(data[14:], pkt)
-	var attr [80]byte
-	binary.NativeEndian.PutUint32(attr[0:], uint32(p.progFD))
-	binary.NativeEndian.PutUint32(attr[8:], uint32(len(data)))
-	binary.NativeEndian.PutUint64(attr[16:], uint64(uintptr(unsafe.Pointer(&data[0]))))
-	binary.NativeEndian.PutUint32(attr[32:], 1) // repeat
-	_, err = bpf(cmdProgTestRun, attr[:])
-	runtime.KeepAlive(data)
+	ret, err := p.prog.Run(&ebpf.RunOptions{Data: data, Repeat: 1})
 	if err != nil {
 		return false, fmt.Errorf("bpffilter: test run: %w", err)
 	}
-	return binary.NativeEndian.Uint32(attr[4:]) == 0, nil
+	return ret == 0, nil
 }
 
 // Close releases the program and its map.
 func (p *Program) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.progFD >= 0 {
-		unix.Close(p.progFD)
-		unix.Close(p.mapFD)
-		p.progFD, p.mapFD = -1, -1
+	if p.prog != nil {
+		p.prog.Close()
+		p.counts.Close()
+		p.prog, p.counts = nil, nil
 	}
 }
