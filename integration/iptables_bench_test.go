@@ -201,6 +201,7 @@ func BenchmarkIptablesFlood(b *testing.B) {
 			// machine's drifting load); rates are over the flood phases.
 			var base, sum, secs float64
 			var sent, rx, filtered, kdrop uint64
+			var cpu float64
 			for i := 0; i < b.N; i++ {
 				base += iperfMbps(b, a, rtB4)
 				if c.kind == nil {
@@ -208,6 +209,7 @@ func BenchmarkIptablesFlood(b *testing.B) {
 					continue
 				}
 				before, kBefore := linkStats(b, app), fwStats(b, app)["link1_early_kernel_dropped"]
+				cpuBefore := procCPU(b, app.Proc.Pid())
 				flood := startHelper(b, f, c.kind.mode, c.kind.args...)
 				if err := flood.WaitOutput("ready", 10*time.Second); err != nil {
 					b.Fatal(err)
@@ -217,6 +219,7 @@ func BenchmarkIptablesFlood(b *testing.B) {
 				sum += iperfMbps(b, a, rtB4)
 				flood.Stop(5 * time.Second)
 				secs += time.Since(start).Seconds()
+				cpu += procCPU(b, app.Proc.Pid()) - cpuBefore
 				if _, after, ok := strings.Cut(flood.Stdout(), "sent "); ok {
 					n, _ := strconv.ParseUint(strings.TrimSpace(after), 10, 64)
 					sent += n
@@ -234,9 +237,30 @@ func BenchmarkIptablesFlood(b *testing.B) {
 				b.ReportMetric(float64(rx)/secs, "rx_pps_b")
 				b.ReportMetric(float64(filtered)/secs, "early_drop_pps")
 				b.ReportMetric(float64(kdrop)/secs, "bpf_drop_pps")
+				b.ReportMetric(cpu/secs, "appliance_cpus")
 			}
 		})
 	}
+}
+
+// procCPU returns the CPU time (user + system, seconds) process pid used
+// so far, from /proc/PID/stat.
+func procCPU(tb testing.TB, pid int) float64 {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// Fields after the command name, which is in parentheses: utime and
+	// stime are the 12th and 13th, in clock ticks (USER_HZ, 100).
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		tb.Fatalf("/proc/%d/stat: %q", pid, b)
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	s, _ := strconv.ParseFloat(f[12], 64)
+	return (u + s) / 100
 }
 
 // kernelRules loads an iptables-restore text into ns's kernel.
