@@ -168,19 +168,7 @@ func TestIptablesGatewayDifferential(t *testing.T) {
 
 	for i, set := range sets {
 		t.Run(set.name, func(t *testing.T) {
-			f4, f6 := writeSet(t, dir, set)
-			kernelRestore(t, kg, "iptables-restore", f4)
-			kernelRestore(t, kg, "ip6tables-restore", f6)
-			if i > 0 {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				if out, err := app.Ctl(ctx, "iptables-restore", f4); err != nil {
-					t.Fatalf("appliance iptables-restore: %v\n%s", err, out)
-				}
-				if out, err := app.Ctl(ctx, "ip6tables-restore", f6); err != nil {
-					t.Fatalf("appliance ip6tables-restore: %v\n%s", err, out)
-				}
-			}
+			loadSet(t, dir, set, kg, app, i > 0)
 			args := append(append([]string{fmt.Sprintf("base=%d", 40000+32*i)}, gwProbes...), gwExtraProbes[set.name]...)
 			var k, a string
 			var wg sync.WaitGroup

@@ -87,19 +87,7 @@ func TestIptablesDifferential(t *testing.T) {
 
 	for i, set := range sets {
 		ok := t.Run(set.name, func(t *testing.T) {
-			f4, f6 := writeSet(t, dir, set)
-			kernelRestore(t, kr, "iptables-restore", f4)
-			kernelRestore(t, kr, "ip6tables-restore", f6)
-			if i > 0 {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				if out, err := app.Ctl(ctx, "iptables-restore", f4); err != nil {
-					t.Fatalf("appliance iptables-restore: %v\n%s", err, out)
-				}
-				if out, err := app.Ctl(ctx, "ip6tables-restore", f6); err != nil {
-					t.Fatalf("appliance ip6tables-restore: %v\n%s", err, out)
-				}
-			}
+			loadSet(t, dir, set, kr, app, i > 0)
 			var kOut, aOut [2]string
 			var wg sync.WaitGroup
 			for j, side := range []struct {
@@ -203,6 +191,27 @@ func writeSet(t *testing.T, dir string, s ruleSet) (string, string) {
 		t.Fatal(err)
 	}
 	return f4, f6
+}
+
+// loadSet writes set into dir and loads it into the kernel twin k with the
+// real iptables-restore and, with intoApp (the appliance started with the
+// first set), into app.
+func loadSet(t *testing.T, dir string, set ruleSet, k *testbed.Netns, app *testbed.Appliance, intoApp bool) {
+	t.Helper()
+	f4, f6 := writeSet(t, dir, set)
+	kernelRestore(t, k, "iptables-restore", f4)
+	kernelRestore(t, k, "ip6tables-restore", f6)
+	if !intoApp {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := app.Ctl(ctx, "iptables-restore", f4); err != nil {
+		t.Fatalf("appliance iptables-restore: %v\n%s", err, out)
+	}
+	if out, err := app.Ctl(ctx, "ip6tables-restore", f6); err != nil {
+		t.Fatalf("appliance ip6tables-restore: %v\n%s", err, out)
+	}
 }
 
 func kernelRestore(t *testing.T, ns *testbed.Netns, bin, file string) {
