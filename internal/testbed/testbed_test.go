@@ -42,7 +42,16 @@ func TestProc(t *testing.T) {
 	if err := p.WaitOutput("ready", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if pids := PidsWithArgs("echo ready; sleep 30; true", marker); len(pids) != 1 || pids[0] != p.Pid() {
+	// sh forks a child for sleep; until that child execs, it carries sh's
+	// arguments too, so a scan right after "ready" may see two processes.
+	var pids []int
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		pids = PidsWithArgs("echo ready; sleep 30; true", marker)
+		if len(pids) == 1 && pids[0] == p.Pid() || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(pids) != 1 || pids[0] != p.Pid() {
 		t.Errorf("PidsWithArgs(..., %s) = %v, want [%d]", marker, pids, p.Pid())
 	}
 	if _, err := p.Wait(10 * time.Millisecond); err == nil {
