@@ -40,6 +40,26 @@ type pairOpts struct {
 	wrap func(stack.LinkEndpoint) stack.LinkEndpoint
 }
 
+// fixedPair is a pair whose sender keeps a fixed cwnd of 40 segments over
+// a 10 ms RTT, with a's pipe endpoint wrapped by wrap (a dropper or a
+// reorderer). A fixed cwnd keeps the flight, and so the time until later
+// data is SACKed, far below the 200 ms minimum RTO on a slow machine too.
+// minRTO, if not zero, raises the minimum RTO, so that a scheduler stall
+// of a loaded machine under -race does not pass for an RTO a test says is
+// not needed.
+func fixedPair(t *testing.T, wrap func(stack.LinkEndpoint) stack.LinkEndpoint, minRTO time.Duration) *pair {
+	t.Helper()
+	reg := registry(t, map[string]cc.Factory{"fixed": func() cc.Algorithm { return &fixed{n: 40} }})
+	p := newPair(t, pairOpts{reg: reg, ccName: "fixed", emulate: emulate.Spec{Delay: 5 * time.Millisecond}, wrap: wrap})
+	if minRTO != 0 {
+		o := tcpip.TCPMinRTOOption(minRTO)
+		if err := p.a.Stack.SetTransportProtocolOption(tcp.ProtocolNumber, &o); err != nil {
+			t.Fatalf("SetTransportProtocolOption(%v): %v", o, err)
+		}
+	}
+	return p
+}
+
 func newPair(t testing.TB, o pairOpts) *pair {
 	t.Helper()
 	if o.mtu == 0 {

@@ -8,10 +8,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
-
-	"github.com/nsappliance/appliance/cc"
-	"github.com/nsappliance/appliance/emulate"
 )
 
 // dropTarget drops the first drops transmissions of the data segment
@@ -34,6 +30,12 @@ type dropper struct {
 	iss     uint32
 	haveISS bool
 	targets []*dropTarget
+}
+
+// wrap makes d the wrapper of l (pairOpts.wrap).
+func (d *dropper) wrap(l stack.LinkEndpoint) stack.LinkEndpoint {
+	d.LinkEndpoint = l
+	return d
 }
 
 func (d *dropper) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
@@ -100,26 +102,7 @@ func TestLostRetransmission(t *testing.T) {
 			for i := range tc.targets {
 				d.targets = append(d.targets, &tc.targets[i])
 			}
-			// A fixed cwnd of 40 keeps the flight, and so the time until
-			// later data is SACKed, far below the 200 ms minimum RTO on
-			// a slow machine too.
-			reg := registry(t, map[string]cc.Factory{"fixed": func() cc.Algorithm { return &fixed{n: 40} }})
-			p := newPair(t, pairOpts{
-				reg:     reg,
-				ccName:  "fixed",
-				emulate: emulate.Spec{Delay: 5 * time.Millisecond},
-				wrap: func(l stack.LinkEndpoint) stack.LinkEndpoint {
-					d.LinkEndpoint = l
-					return d
-				},
-			})
-			// A 1 s minimum RTO: a scheduler stall of a loaded machine
-			// under -race must not pass for the timeout this test
-			// checks is not needed.
-			minRTO := tcpip.TCPMinRTOOption(time.Second)
-			if err := p.a.Stack.SetTransportProtocolOption(tcp.ProtocolNumber, &minRTO); err != nil {
-				t.Fatalf("SetTransportProtocolOption(%v): %v", minRTO, err)
-			}
+			p := fixedPair(t, d.wrap, time.Second)
 			p.transfer(t, 4<<20, 0, nil)
 			st := p.a.Stack.Stats().TCP
 			d.mu.Lock()
@@ -161,16 +144,7 @@ func TestRTOKeepsSACK(t *testing.T) {
 		{off: n - 16000, drops: 2},
 		{off: n - 8000, drops: 2},
 	}}
-	reg := registry(t, map[string]cc.Factory{"fixed": func() cc.Algorithm { return &fixed{n: 40} }})
-	p := newPair(t, pairOpts{
-		reg:     reg,
-		ccName:  "fixed",
-		emulate: emulate.Spec{Delay: 5 * time.Millisecond},
-		wrap: func(l stack.LinkEndpoint) stack.LinkEndpoint {
-			d.LinkEndpoint = l
-			return d
-		},
-	})
+	p := fixedPair(t, d.wrap, 0)
 	p.transfer(t, n, 0, nil)
 	st := p.a.Stack.Stats().TCP
 	d.mu.Lock()

@@ -9,9 +9,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
-
-	"github.com/nsappliance/appliance/cc"
-	"github.com/nsappliance/appliance/emulate"
 )
 
 // reorderer wraps a's link and delays the first transmission of every
@@ -112,22 +109,10 @@ func (r *reorderer) hold(pkt *stack.PacketBuffer) bool {
 func TestSACKOutsideRecovery(t *testing.T) {
 	const n = 4 << 20
 	r := &reorderer{every: n / 400, end: n - 64<<10, seen: map[uint32]bool{}}
-	reg := registry(t, map[string]cc.Factory{"fixed": func() cc.Algorithm { return &fixed{n: 40} }})
-	p := newPair(t, pairOpts{
-		reg:     reg,
-		ccName:  "fixed",
-		emulate: emulate.Spec{Delay: 5 * time.Millisecond},
-		wrap: func(l stack.LinkEndpoint) stack.LinkEndpoint {
-			r.LinkEndpoint = l
-			return r
-		},
-	})
-	// A 1 s minimum RTO, so that a stall of a loaded machine does not
-	// pass for the timeout this test says is not needed.
-	minRTO := tcpip.TCPMinRTOOption(time.Second)
-	if err := p.a.Stack.SetTransportProtocolOption(tcp.ProtocolNumber, &minRTO); err != nil {
-		t.Fatalf("SetTransportProtocolOption(%v): %v", minRTO, err)
-	}
+	p := fixedPair(t, func(l stack.LinkEndpoint) stack.LinkEndpoint {
+		r.LinkEndpoint = l
+		return r
+	}, time.Second)
 	var excess uint32 // the most the in-flight count exceeded unacked - sacked
 	var sackedSeen uint32
 	done := make(chan struct{})
@@ -194,20 +179,7 @@ func TestLostRetransmissionByTime(t *testing.T) {
 		{off: n - 30000, drops: 2}, // the original and the first retransmission
 		{off: n - 20000, drops: 1}, // the original only: its retransmission overtakes
 	}}
-	reg := registry(t, map[string]cc.Factory{"fixed": func() cc.Algorithm { return &fixed{n: 40} }})
-	p := newPair(t, pairOpts{
-		reg:     reg,
-		ccName:  "fixed",
-		emulate: emulate.Spec{Delay: 5 * time.Millisecond},
-		wrap: func(l stack.LinkEndpoint) stack.LinkEndpoint {
-			d.LinkEndpoint = l
-			return d
-		},
-	})
-	minRTO := tcpip.TCPMinRTOOption(time.Second)
-	if err := p.a.Stack.SetTransportProtocolOption(tcp.ProtocolNumber, &minRTO); err != nil {
-		t.Fatalf("SetTransportProtocolOption(%v): %v", minRTO, err)
-	}
+	p := fixedPair(t, d.wrap, time.Second)
 	p.transfer(t, n, 0, nil)
 	st := p.a.Stack.Stats().TCP
 	d.mu.Lock()
