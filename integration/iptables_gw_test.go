@@ -179,17 +179,7 @@ func TestIptablesGatewayDifferential(t *testing.T) {
 			if k != a {
 				t.Errorf("probe outcomes differ (-kernel +appliance):\n%s\nrules:\n%s\n%s", lineDiff(k, a), set.v4, set.v6)
 			}
-			for try := 0; ; try++ {
-				diff := compareGatewayCounters(t, kg, app)
-				if diff == "" {
-					break
-				}
-				if try == 6 {
-					t.Errorf("%s\nrules:\n%s\n%s", diff, set.v4, set.v6)
-					break
-				}
-				time.Sleep(300 * time.Millisecond)
-			}
+			pollCounters(t, set, func() string { return compareGatewayCounters(t, kg, app) })
 		})
 	}
 }

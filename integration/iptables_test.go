@@ -122,17 +122,7 @@ func TestIptablesDifferential(t *testing.T) {
 			// Counters, once every probe's packets have passed: a probe
 			// whose RST a rule dropped leaves the server to close later,
 			// so poll until both twins agree (bounded).
-			for try := 0; ; try++ {
-				diff := compareCounters(t, kr, app)
-				if diff == "" {
-					break
-				}
-				if try == 6 {
-					t.Errorf("%s\nrules:\n%s\n%s", diff, set.v4, set.v6)
-					break
-				}
-				time.Sleep(300 * time.Millisecond)
-			}
+			pollCounters(t, set, func() string { return compareCounters(t, kr, app) })
 		})
 		if !ok && testing.Short() {
 			break
@@ -211,6 +201,23 @@ func loadSet(t *testing.T, dir string, set ruleSet, k *testbed.Netns, app *testb
 	}
 	if out, err := app.Ctl(ctx, "ip6tables-restore", f6); err != nil {
 		t.Fatalf("appliance ip6tables-restore: %v\n%s", err, out)
+	}
+}
+
+// pollCounters fails t with compare's difference between the twins'
+// counters unless they agree within about 2 s (seven looks).
+func pollCounters(t *testing.T, set ruleSet, compare func() string) {
+	t.Helper()
+	for try := 0; ; try++ {
+		diff := compare()
+		if diff == "" {
+			return
+		}
+		if try == 6 {
+			t.Errorf("%s\nrules:\n%s\n%s", diff, set.v4, set.v6)
+			return
+		}
+		time.Sleep(300 * time.Millisecond)
 	}
 }
 
