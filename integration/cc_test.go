@@ -42,21 +42,31 @@ func TestCongestionControl(t *testing.T) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+30)*time.Second)
 		defer cancel()
-		cmd := tp.cont.Command(ctx, "iperf3", "-c", "198.18.0.2", "-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(secs), "-R", "-J")
-		var stdout strings.Builder
-		cmd.Stdout = &stdout
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
+		// The server refuses a test while it still winds down the
+		// previous one ("the server is busy"): retry a few times, during
+		// included (it only reads ss).
+		for try := 0; ; try++ {
+			cmd := tp.cont.Command(ctx, "iperf3", "-c", "198.18.0.2", "-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(secs), "-R", "-J")
+			var stdout strings.Builder
+			cmd.Stdout = &stdout
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			if during != nil {
+				during()
+			}
+			err := cmd.Wait()
+			var r iperfResult
+			jerr := json.Unmarshal([]byte(stdout.String()), &r)
+			if jerr == nil && strings.Contains(r.Error, "busy") && try < 10 {
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
+			if jerr != nil || err != nil || r.Error != "" {
+				t.Fatalf("iperf3 -R: %v %v %s %s", err, jerr, r.Error, tail(stdout.String(), 1000))
+			}
+			return r.End.SumReceived.BitsPerSecond / 1e6
 		}
-		if during != nil {
-			during()
-		}
-		err := cmd.Wait()
-		var r iperfResult
-		if jerr := json.Unmarshal([]byte(stdout.String()), &r); jerr != nil || err != nil || r.Error != "" {
-			t.Fatalf("iperf3 -R: %v %v %s %s", err, jerr, r.Error, tail(stdout.String(), 1000))
-		}
-		return r.End.SumReceived.BitsPerSecond / 1e6
 	}
 	results := map[string]float64{}
 	for _, alg := range []string{"reno", "cubic", "bbr"} {
