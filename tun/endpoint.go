@@ -51,6 +51,10 @@ type EndpointOptions struct {
 	// on the reader goroutine, must not keep b and should not allocate
 	// (appliance.EarlyFilter.Filter).
 	Filter func(b []byte) bool
+	// Group, if set, serves this endpoint from the group's one reader
+	// goroutine together with the group's other endpoints, instead of a
+	// goroutine of its own (see ReaderGroup).
+	Group *ReaderGroup
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -71,6 +75,7 @@ type Endpoint struct {
 	after    func()
 	before   func()
 	filter   func([]byte) bool
+	group    *ReaderGroup
 
 	mtu atomic.Uint32
 
@@ -86,6 +91,9 @@ type Endpoint struct {
 	closed bool
 
 	stop stopfd.StopFD
+	// stopping is set before stop is signalled, so a ReaderGroup can tell
+	// which of its endpoints to let go without a syscall.
+	stopping atomic.Bool
 
 	gro      gro.GRO // owned by the reader goroutine
 	done     chan struct{}
@@ -151,6 +159,7 @@ func NewEndpoint(dev *Device, opts EndpointOptions) (*Endpoint, error) {
 		after:    opts.AfterBatch,
 		before:   opts.BeforeBatch,
 		filter:   opts.Filter,
+		group:    opts.Group,
 		log:      log.With("component", "tun", "dev", dev.Name),
 		done:     make(chan struct{}),
 		uso:      make([]byte, maxPacket),
@@ -253,7 +262,7 @@ func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
 		// Detach: stop the reader without closing the device, as
 		// nic.remove expects before it calls Wait.
 		e.dispatcher.Store(nil)
-		e.stop.Stop()
+		e.signalStop()
 		return
 	}
 	e.dispatcher.Store(&d)
@@ -261,7 +270,11 @@ func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
 		e.started = true
 		e.gro.Dispatcher = dispatcherFunc(e.deliver)
 		e.wg.Add(1)
-		go e.readLoop()
+		if e.group != nil {
+			e.group.add(e)
+		} else {
+			go e.readLoop()
+		}
 	}
 }
 
@@ -282,7 +295,7 @@ func (e *Endpoint) Close() {
 	if f != nil {
 		f()
 	}
-	e.stop.Stop()
+	e.signalStop()
 	e.wg.Wait()
 	_ = e.dev.File.Close()
 	_ = unix.Close(e.stop.EFD)
@@ -306,21 +319,34 @@ func (e *Endpoint) deliver(p tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffe
 	(*d).DeliverNetworkPacket(p, pkt)
 }
 
+// signalStop tells the reader, its own or its group's, to let go of e.
+func (e *Endpoint) signalStop() {
+	e.stopping.Store(true)
+	e.stop.Stop()
+}
+
+// readerExit ends reading on e: err (nil after a plain stop) is kept for
+// Err, the read buffer given back, Done closed and Wait released.
+func (e *Endpoint) readerExit(err error) {
+	if err != nil {
+		e.err.Store(&err)
+		e.log.Error("tun reader stopped", "err", err)
+	}
+	// The read buffer is the reader's own; give it back.
+	if e.view != nil {
+		e.view.Release()
+		e.view = nil
+	}
+	e.doneOnce.Do(func() { close(e.done) })
+	e.wg.Done()
+}
+
 func (e *Endpoint) readLoop() {
-	defer e.wg.Done()
-	defer e.doneOnce.Do(func() { close(e.done) })
-	defer func() {
-		// The read buffer is the reader's own; give it back.
-		if e.view != nil {
-			e.view.Release()
-			e.view = nil
-		}
-	}()
+	var err error
+	defer func() { e.readerExit(err) }()
 	for {
-		done, err := e.readBatch()
-		if err != nil {
-			e.err.Store(&err)
-			e.log.Error("tun reader stopped", "err", err)
+		var done bool
+		if done, _, err = e.readBatch(); err != nil {
 			return
 		}
 		if done {
@@ -333,9 +359,7 @@ func (e *Endpoint) readLoop() {
 			return
 		}
 		if errno != 0 && errno != unix.EINTR {
-			err := fmt.Errorf("%w: poll: %v", ErrDeviceGone, errno)
-			e.err.Store(&err)
-			e.log.Error("tun reader stopped", "err", err)
+			err = fmt.Errorf("%w: poll: %v", ErrDeviceGone, errno)
 			return
 		}
 	}
@@ -343,8 +367,8 @@ func (e *Endpoint) readLoop() {
 
 // readBatch reads up to the budget. It returns done=true when the budget
 // ran out (the caller polls again at once) and false when the device ran
-// dry (the poller waits for readability).
-func (e *Endpoint) readBatch() (done bool, fatal error) {
+// dry (the poller waits for readability), and how many reads it made.
+func (e *Endpoint) readBatch() (done bool, reads int, fatal error) {
 	if e.before != nil {
 		e.before()
 	}
@@ -354,7 +378,7 @@ func (e *Endpoint) readBatch() (done bool, fatal error) {
 			e.after()
 		}
 	}()
-	for i := 0; i < e.budget; i++ {
+	for ; reads < e.budget; reads++ {
 		if e.view == nil {
 			e.view = buffer.NewViewSize(maxPacket)
 		}
@@ -368,14 +392,14 @@ func (e *Endpoint) readBatch() (done bool, fatal error) {
 		}
 		switch {
 		case err == unix.EAGAIN || err == unix.EINTR:
-			return false, nil
+			return false, reads, nil
 		case err == unix.EBADFD || err == unix.EIO || err == unix.ENXIO || err == unix.ENODEV:
-			return false, fmt.Errorf("%w: %v", ErrDeviceGone, err)
+			return false, reads, fmt.Errorf("%w: %v", ErrDeviceGone, err)
 		case err != nil:
-			return false, fmt.Errorf("read tun %s: %w", e.dev.Name, err)
+			return false, reads, fmt.Errorf("read tun %s: %w", e.dev.Name, err)
 		case n == 0:
 			// A TUN read never returns 0 while the device exists.
-			return false, fmt.Errorf("%w: end of file", ErrDeviceGone)
+			return false, reads, fmt.Errorf("%w: end of file", ErrDeviceGone)
 		}
 		if e.dev.VnetHdr {
 			n -= vnetHdrLen
@@ -388,7 +412,7 @@ func (e *Endpoint) readBatch() (done bool, fatal error) {
 		e.stats.RxBytes.Add(uint64(n))
 		e.receive(buf[:n])
 	}
-	return true, nil
+	return true, reads, nil
 }
 
 // receive turns one read into packets for netstack.

@@ -49,7 +49,12 @@ func echoRequest(seq uint16) []byte {
 
 func newTestStack(t *testing.T, dev *Device) (*netstack.Stack, *Endpoint) {
 	t.Helper()
-	ep, err := NewEndpoint(dev, EndpointOptions{})
+	return newTestStackOpts(t, dev, EndpointOptions{})
+}
+
+func newTestStackOpts(t *testing.T, dev *Device, opts EndpointOptions) (*netstack.Stack, *Endpoint) {
+	t.Helper()
+	ep, err := NewEndpoint(dev, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,20 +21,21 @@ import (
 )
 
 type routerFlags struct {
-	tunName      string
-	mtu          int
-	mtuA, mtuB   int
-	cidrA, cidrB string
-	cidr6A       string
-	cidr6B       string
-	noIPv6       bool
-	cc           string
-	name         string
-	noOffload    bool
-	readerFilter bool
-	emulate      string
-	rules        string
-	rules6       string
+	tunName       string
+	mtu           int
+	mtuA, mtuB    int
+	cidrA, cidrB  string
+	cidr6A        string
+	cidr6B        string
+	noIPv6        bool
+	cc            string
+	name          string
+	noOffload     bool
+	readerFilter  bool
+	readerPerLink bool
+	emulate       string
+	rules         string
+	rules6        string
 }
 
 func newRouterCmd() *cobra.Command {
@@ -85,6 +86,8 @@ SIGINT/SIGTERM remove both devices and exit 0. If either device goes away
 	fl.StringVar(&f.cc, "cc", "cubic", "default TCP congestion control of netstack (forwarded traffic does not use it)")
 	fl.StringVar(&f.name, "name", "default", "instance name; the control socket is /run/appliance/NAME.sock")
 	fl.BoolVar(&f.noOffload, "no-offload", false, "open the TUNs without virtio-net header offloads (checksum, TSO, USO)")
+	fl.BoolVar(&f.readerPerLink, "reader-per-link", false, "read each TUN device on a goroutine of its own instead of one reader serving both (slower: every hand-off between the links wakes a thread)")
+	_ = fl.MarkHidden("reader-per-link")
 	fl.BoolVar(&f.readerFilter, "reader-early-filter", false, "run the early filter (raw PREROUTING drop rules) only on the TUN reader, not as a kernel BPF program on the TUN (which drops before the reader is woken)")
 	fl.StringVar(&f.emulate, "emulate", "", "link emulation on the path between the namespaces, both directions (netem's meanings), e.g. delay=20ms,loss=1%,rate=100mbit; see `appliance emulate --help`")
 	fl.StringVar(&f.rules, "rules", "", "iptables-save text applied before traffic flows (checked before anything starts); FORWARD sees forwarded traffic")
@@ -174,6 +177,15 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 		v4, v6 appliance.Layout
 		mtu    int
 	}{{nsA, opts.IPv4A, opts.IPv6A, mtus[0]}, {nsB, opts.IPv4B, opts.IPv6B, mtus[1]}}
+	// One reader serves both devices (tun.ReaderGroup): what one link's
+	// write makes the other kernel answer is read without a wake-up.
+	var group *tun.ReaderGroup
+	if !f.readerPerLink {
+		if group, err = tun.NewReaderGroup(); err != nil {
+			return err
+		}
+		defer func() { _ = group.Close() }()
+	}
 	var links []*routerLink
 	closeLinks := func() {
 		for _, l := range links {
@@ -195,7 +207,7 @@ func runRouter(ctx context.Context, f routerFlags, nsA, nsB string) error {
 		// because a forwarded packet leaves without the NEEDS_CSUM flag.
 		early := appliance.NewEarlyFilter()
 		opts.EarlyFilters = append(opts.EarlyFilters, early)
-		ep, err := tun.NewEndpoint(dev, tun.EndpointOptions{Logger: log, DisableGRO: true, CompleteChecksums: true, Filter: early.Filter})
+		ep, err := tun.NewEndpoint(dev, tun.EndpointOptions{Logger: log, DisableGRO: true, CompleteChecksums: true, Filter: early.Filter, Group: group})
 		if err != nil {
 			dev.File.Close()
 			closeLinks()
