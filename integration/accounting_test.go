@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -286,16 +287,19 @@ func TestLeakCheck(t *testing.T) {
 	}
 }
 
-// helperSlowSink accepts one connection on -addr, waits -delay before
-// reading, then reads to EOF and answers with the data's length and
-// SHA-256 in hex.
+// helperSlowSink accepts one connection on -addr, waits until SIGUSR1 or
+// -delay has passed before reading, then reads to EOF and answers with the
+// data's length and SHA-256 in hex. It prints "ready" once listening and
+// able to take SIGUSR1, and "draining" when it starts to read.
 func helperSlowSink(args []string) error {
 	fs := flag.NewFlagSet("slowsink", flag.ContinueOnError)
 	addr := fs.String("addr", "", "listen `host:port`")
-	delay := fs.Duration("delay", 4*time.Second, "wait before reading")
+	delay := fs.Duration("delay", 4*time.Second, "wait at most this long (or until SIGUSR1) before reading")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	release := make(chan os.Signal, 1)
+	signal.Notify(release, syscall.SIGUSR1)
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return err
@@ -307,7 +311,11 @@ func helperSlowSink(args []string) error {
 		return err
 	}
 	defer c.Close()
-	time.Sleep(*delay)
+	select {
+	case <-release:
+	case <-time.After(*delay):
+	}
+	fmt.Println("draining")
 	h := sha256.New()
 	n, err := io.Copy(h, c)
 	if err != nil {
@@ -364,14 +372,20 @@ func helperTCPSend(args []string) error {
 // and the metrics show pressure, a new connection gets RST (counted as
 // tcp_refused_memory and a memory_pressure drop), and the transfer still
 // completes intact once the server reads.
+//
+// The server holds the data until the test releases it (SIGUSR1), so
+// memory stays above max through every check: with a fixed sleep, the
+// server started to read while the checks ran and memory fell below max
+// before the new connection was tried (the CI flake).
 func TestTCPMemPressure(t *testing.T) {
 	tp := newTopo(t, topoOpts{args: []string{"--metrics", "127.0.0.1:9472"}})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	if _, err := tp.app.Ctl(ctx, "sysctl", "-w", "net.ipv4.tcp_mem=4 8 16"); err != nil {
 		t.Fatal(err)
 	}
-	sink := startHelper(t, tp.srv, "slowsink", "-addr", ":7001", "-delay", "6s")
+	// -delay bounds the hold if the test never releases it.
+	sink := startHelper(t, tp.srv, "slowsink", "-addr", ":7001", "-delay", "60s")
 	if err := sink.WaitOutput("ready", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -382,27 +396,40 @@ func TestTCPMemPressure(t *testing.T) {
 		sendOut, err = runHelper(ctx, tp.cont, "tcpsend", "-addr", "198.18.0.2:7001", "-bytes", fmt.Sprint(48<<20))
 		sendErr <- err
 	}()
-	// Pressure shows in sockstat while the sink sleeps; the queue grows
+	// Pressure shows in sockstat while the sink holds; the queue grows
 	// past max (pressure clamps receive buffers to 256 KiB: 64 pages).
+	// Until the host's socket buffers are full, the relay still drains
+	// the queue into them now and then and memory dips below max (seen:
+	// 82, 0, 33, 0, 131, 0, 17, 0 pages within a second), so wait until
+	// it has stayed above max for a second: the pipeline is full and,
+	// with the sink holding, stays so.
 	pressure := regexp.MustCompile(`(?m)^TCP_MEM: pages (\d+) min 4 pressure 8 max 16 under_pressure 1 `)
 	var ss string
-	pages := 0
-	deadline := time.Now().Add(5 * time.Second)
+	var above time.Time // since when every read was above max
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		out, err := tp.app.Ctl(ctx, "sockstat")
 		if err != nil {
 			t.Fatal(err)
 		}
 		ss = string(out)
+		pages := 0
 		if m := pressure.FindStringSubmatch(ss); m != nil {
-			if pages, _ = strconv.Atoi(m[1]); pages > 16 {
-				break
-			}
+			pages, _ = strconv.Atoi(m[1])
+		}
+		switch {
+		case pages <= 16:
+			above = time.Time{}
+		case above.IsZero():
+			above = time.Now()
+		}
+		if !above.IsZero() && time.Since(above) >= time.Second {
+			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if pages <= 16 {
-		t.Fatalf("no memory pressure above max in sockstat:\n%s", ss)
+	if above.IsZero() || time.Since(above) < time.Second {
+		t.Fatalf("memory not held above max under pressure in sockstat for 1 s:\n%s", ss)
 	}
 	if m := regexp.MustCompile(`(?m)^TCP: inuse \d+ orphan \d+ tw \d+ alloc \d+ mem (\d+)$`).FindStringSubmatch(ss); m == nil || m[1] == "0" {
 		t.Errorf("sockstat TCP mem is not counting the queue:\n%s", ss)
@@ -425,8 +452,15 @@ func TestTCPMemPressure(t *testing.T) {
 			t.Errorf("%s went from %d to %d, want at least +1", k, before[k], after[k])
 		}
 	}
-	// The held transfer completes intact.
+	// The checks above are only about pressure if the sink still held.
+	if strings.Contains(sink.Stdout(), "draining") {
+		t.Fatalf("the sink stopped holding (its -delay ran out) before the checks were done")
+	}
+	// Released, the held transfer completes intact.
+	if err := sink.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatalf("release sink: %v", err)
+	}
 	if err := <-sendErr; err != nil || !strings.Contains(sendOut, "match") {
-		t.Fatalf("bulk transfer under pressure: %v, %q", err, sendOut)
+		t.Fatalf("bulk transfer under pressure: %v, %q\nsink stderr: %s", err, sendOut, sink.Stderr())
 	}
 }
