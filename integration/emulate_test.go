@@ -82,11 +82,21 @@ func emulationStats(t *testing.T, app *testbed.Appliance) map[string]uint64 {
 }
 
 // iperf runs an iperf3 client in a toward addr and returns the result.
+//
+// The client sends with CUBIC whatever the machine's default is, so that
+// the emulated bottleneck never idles and iperf3 measures its rate: a
+// loss-based sender keeps the rate queue (limit 1000, 120 ms at 100
+// Mbit/s) filled, and the emulation sends at absolute times, so a stall of
+// the sender, the ACK path or the emulation's goroutine shorter than the
+// queue costs nothing. BBR (this machine's default) keeps little more than
+// a BDP queued; with the 0.25 ms base RTT here that is a few packets, so
+// on a loaded machine every scheduling stall idled the link: 75-77 Mbit/s
+// in 2 of 6 runs under load, 94-96 with CUBIC in the same minute.
 func iperf(t *testing.T, a *testbed.Netns, addr string, secs int, during func()) iperfResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+20)*time.Second)
 	defer cancel()
-	args := []string{"-c", addr, "-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(secs), "-J"}
+	args := []string{"-c", addr, "-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(secs), "-J", "-C", "cubic"}
 	var r iperfResult
 	var err error
 	// The server refuses a test while it still winds down the previous
@@ -139,8 +149,11 @@ func TestEmulate(t *testing.T) {
 		r := iperf(t, a, rtB4, 3, nil)
 		mbps := r.End.SumReceived.BitsPerSecond / 1e6
 		t.Logf("rate=100mbit: iperf3 receiver %.1f Mbit/s", mbps)
-		if mbps < 85 || mbps > 100 {
-			t.Errorf("iperf3 receiver %.1f Mbit/s, want 85..100", mbps)
+		// The bound. The most a 100 Mbit/s IP link carries
+		// with MSS 1448 (52 header bytes a segment) is 96.5 Mbit/s
+		// of payload.
+		if mbps < 90 || mbps > 100 {
+			t.Errorf("iperf3 receiver %.1f Mbit/s, want 90..100", mbps)
 		}
 	})
 	t.Run("loss", func(t *testing.T) {
@@ -176,9 +189,11 @@ func TestEmulate(t *testing.T) {
 	})
 	t.Run("off", func(t *testing.T) {
 		setEmulation(t, app, "none")
-		_, avg := pingStats(t, a, "-c", "3", "-i", "0.05", "-W", "2", rtB4)
-		if avg > 5 {
-			t.Errorf("ping RTT %.2f ms with emulation off, want ~0", avg)
+		// The median of 10: under load one ping in three stalled for
+		// 20 ms or more and moved the mean of 3 past the bound.
+		_, avg, med := pingRTTs(t, a, "-c", "10", "-i", "0.05", "-W", "2", rtB4)
+		if med > 5 {
+			t.Errorf("ping median RTT %.2f ms (avg %.2f) with emulation off, want ~0", med, avg)
 		}
 	})
 }
