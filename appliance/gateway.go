@@ -152,7 +152,11 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 		s.Destroy()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	go g.poller.run() // owned: Close stops it and waits
+	if opts.HostPoll != nil {
+		opts.HostPoll.bind(g.poller) // the link's reader serves it
+	} else {
+		go g.poller.run() // owned: Close stops it and waits
+	}
 	s.AddDropProbe(&g.tcpMemRefused, outcome.MemoryPressure, outcome.HookNone)
 	s.AddDropProbe(&g.tcpNoSocket, outcome.NoSocket, outcome.HookNone)
 	g.link = &linkTap{ownedLink: newOwnedLink(ep), g: g}

@@ -13,8 +13,11 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // hostServer runs handle for every connection on a host listener.
@@ -54,7 +57,55 @@ func readAllThenEcho(c net.Conn) {
 func TestTCPRelayHalfClose(t *testing.T) {
 	opts := testOptions()
 	opts.AllowHostLoopback = true
+	halfCloseEcho(t, newTestNet(t, opts, true))
+}
+
+// TestTCPRelayReaderHostPoll runs the relay with the host sockets' epoll
+// instance served by a stand-in for the TUN reader (ReaderHostPoll, as
+// `appliance run` does): the gateway starts no host poller goroutine, so
+// the echo only comes back through Service.
+func TestTCPRelayReaderHostPoll(t *testing.T) {
+	opts := testOptions()
+	opts.AllowHostLoopback = true
+	hp := &ReaderHostPoll{}
+	opts.HostPoll = hp
 	n := newTestNet(t, opts, true)
+	if hp.PollFD() < 0 {
+		t.Fatal("PollFD() < 0 after NewGateway: not bound")
+	}
+	var serviced atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { // the reader's part: wait for the descriptor, then Service
+		defer close(done)
+		for ctx.Err() == nil {
+			if fd := hp.PollFD(); fd >= 0 {
+				pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+				if k, _ := unix.Poll(pfd, 20); k > 0 {
+					hp.Service()
+					serviced.Add(1)
+				}
+			} else {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	}()
+	defer func() { cancel(); <-done }()
+	halfCloseEcho(t, n)
+	if serviced.Load() == 0 {
+		t.Error("the echo came back without Service: a host poller goroutine is running")
+	}
+	n.close()
+	if fd := hp.PollFD(); fd != -1 {
+		t.Errorf("PollFD() = %d after Close, want -1 (unbound before the epoll instance closed)", fd)
+	}
+}
+
+// halfCloseEcho sends 3 MiB through the gateway to an echo server that
+// reads all, then echoes: the reply flows while the container's direction
+// is already closed.
+func halfCloseEcho(t *testing.T, n *testNet) {
+	t.Helper()
 	l := hostServer(t, readAllThenEcho)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

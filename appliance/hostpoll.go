@@ -35,6 +35,11 @@ type hostPoller struct {
 	closed bool
 
 	done chan struct{}
+
+	// onReader is set when a link's reader serves the epoll instance
+	// (ReaderHostPoll) instead of run.
+	onReader *ReaderHostPoll
+	events   []unix.EpollEvent // service's, owned by the reader
 }
 
 func newHostPoller() (*hostPoller, error) {
@@ -79,16 +84,86 @@ func (p *hostPoller) run() {
 		if err != nil || werr != nil {
 			return // stop closed the file
 		}
-		for i := range events[:n] {
-			id := getID(&events[i])
-			p.mu.Lock()
-			r := p.relays[id]
-			p.mu.Unlock()
-			if r != nil {
-				r.hostEvent(events[i].Events)
-			}
+		p.dispatch(events[:n])
+	}
+}
+
+func (p *hostPoller) dispatch(events []unix.EpollEvent) {
+	for i := range events {
+		id := getID(&events[i])
+		p.mu.Lock()
+		r := p.relays[id]
+		p.mu.Unlock()
+		if r != nil {
+			r.hostEvent(events[i].Events)
 		}
 	}
+}
+
+// service delivers the events pending now, without waiting: run's work
+// done by a link's reader (ReaderHostPoll).
+func (p *hostPoller) service() {
+	if p.events == nil {
+		p.events = make([]unix.EpollEvent, 128)
+	}
+	for range 16 { // bounded: the reader has its own device to read
+		n, err := unix.EpollWait(p.epfd, p.events, 0)
+		if err != nil || n <= 0 {
+			return
+		}
+		p.dispatch(p.events[:n])
+		if n < len(p.events) {
+			return
+		}
+	}
+}
+
+// ReaderHostPoll lets the TUN reader serve the gateway's host-socket epoll
+// instance (it is a tun.PollSource): the reader watches it in the same
+// ppoll as its device and relays host data on its own thread. Without it
+// the gateway's host poller goroutine did, and every reply a host socket
+// received woke that goroutine through Go's poller (another thread, and
+// often a second wake-up to find it a P) before the reply could be written
+// to the TUN. Pass one to both tun.EndpointOptions.Also and
+// Options.HostPoll; the gateway binds it when it starts and unbinds it
+// before it closes the epoll instance.
+type ReaderHostPoll struct {
+	mu sync.RWMutex
+	// +checklocks:mu
+	p *hostPoller
+}
+
+// PollFD implements tun.PollSource.
+func (h *ReaderHostPoll) PollFD() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.p == nil {
+		return -1
+	}
+	return h.p.epfd
+}
+
+// Service implements tun.PollSource.
+func (h *ReaderHostPoll) Service() {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.p != nil {
+		h.p.service()
+	}
+}
+
+func (h *ReaderHostPoll) bind(p *hostPoller) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.p = p
+	p.onReader = h
+}
+
+// unbind waits for a Service in progress, then detaches.
+func (h *ReaderHostPoll) unbind() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.p = nil
 }
 
 // add registers r's host socket, edge-triggered for input, output and
@@ -150,6 +225,11 @@ func (p *hostPoller) stop() {
 	}
 	p.closed = true
 	p.mu.Unlock()
+	if p.onReader != nil {
+		p.onReader.unbind() // the reader no longer touches epfd
+		p.file.Close()
+		return
+	}
 	p.file.Close() // wakes run with an error
 	<-p.done
 }

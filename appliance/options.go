@@ -108,6 +108,9 @@ type Options struct {
 	// batch starts then runs on the reader after the batch instead of on a
 	// new goroutine. Nil starts a goroutine every time.
 	Batch *LinkBatch
+	// HostPoll, if set, is served by the link's reader (given it as
+	// tun.EndpointOptions.Also) instead of a host poller goroutine.
+	HostPoll *ReaderHostPoll
 	// CCRoutes give TCP connections whose host-side destination is in a
 	// prefix their own congestion control (Linux: ip route ... congctl).
 	CCRoutes []CCRoute

@@ -51,12 +51,29 @@ type EndpointOptions struct {
 	// on the reader goroutine, must not keep b and should not allocate
 	// (appliance.EarlyFilter.Filter).
 	Filter func(b []byte) bool
+	// Also, if set, is a descriptor the reader watches besides the device
+	// (it needs no Group): its Service runs on the reader when the
+	// descriptor is readable and after every batch that used up the
+	// budget, so it is neither starved nor woken on a thread of its own.
+	Also PollSource
 	// Group, if set, serves this endpoint from the group's one reader
 	// goroutine together with the group's other endpoints, instead of a
 	// goroutine of its own (see ReaderGroup).
 	Group *ReaderGroup
 	// Logger receives state changes; nil means slog.Default().
 	Logger *slog.Logger
+}
+
+// PollSource is work the TUN reader does for another descriptor: the
+// gateway's host-socket epoll instance, so that the reply a host socket
+// receives is relayed by the thread that relayed the request, woken from
+// the same ppoll.
+type PollSource interface {
+	// PollFD is the descriptor to watch for readability, or -1 for none
+	// (asked before every wait, so it may change).
+	PollFD() int
+	// Service does the descriptor's work without blocking.
+	Service()
 }
 
 // Endpoint is a netstack link endpoint on a TUN file descriptor. With a
@@ -76,6 +93,7 @@ type Endpoint struct {
 	before   func()
 	filter   func([]byte) bool
 	group    *ReaderGroup
+	also     PollSource
 
 	mtu atomic.Uint32
 
@@ -160,6 +178,7 @@ func NewEndpoint(dev *Device, opts EndpointOptions) (*Endpoint, error) {
 		before:   opts.BeforeBatch,
 		filter:   opts.Filter,
 		group:    opts.Group,
+		also:     opts.Also,
 		log:      log.With("component", "tun", "dev", dev.Name),
 		done:     make(chan struct{}),
 		uso:      make([]byte, maxPacket),
@@ -350,17 +369,38 @@ func (e *Endpoint) readLoop() {
 			return
 		}
 		if done {
-			continue // budget used up: poll again at once
+			// Budget used up: poll again at once, after the other
+			// descriptor's turn.
+			if e.also != nil {
+				e.also.Service()
+			}
+			continue
 		}
 		// Dry: block this thread in ppoll (not the runtime poller, whose
-		// wake-ups wait for an idle P) until a packet or Stop.
-		stopped, errno := rawfile.BlockingPollUntilStopped(e.stop.EFD, e.fd, unix.POLLIN)
-		if stopped {
+		// wake-ups wait for an idle P) until a packet, the other
+		// descriptor or Stop. A plain syscall (entersyscall) keeps the P
+		// through a short sleep.
+		pfds := [3]rawfile.PollEvent{
+			{FD: int32(e.stop.EFD), Events: unix.POLLIN},
+			{FD: int32(e.fd), Events: unix.POLLIN},
+			{FD: -1, Events: unix.POLLIN}, // ppoll skips a negative fd
+		}
+		if e.also != nil {
+			pfds[2].FD = int32(e.also.PollFD())
+		}
+		_, _, errno := unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfds[0])), uintptr(len(pfds)), 0, 0, 0, 0)
+		if pfds[0].Revents&unix.POLLIN != 0 {
 			return
+		}
+		if errno == 0 && pfds[1].Revents&(unix.POLLHUP|unix.POLLERR) != 0 {
+			errno = unix.ECONNRESET
 		}
 		if errno != 0 && errno != unix.EINTR {
 			err = fmt.Errorf("%w: poll: %v", ErrDeviceGone, errno)
 			return
+		}
+		if pfds[2].Revents != 0 {
+			e.also.Service()
 		}
 	}
 }

@@ -264,7 +264,13 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	// batch starts runs on them afterwards (appliance.LinkBatch).
 	batch := appliance.NewLinkBatch(deferTCP)
 	opts.Batch = batch
+	// The reader also serves the host sockets' epoll instance, so a reply
+	// is relayed by the thread its request came through.
 	epOpts := tun.EndpointOptions{Logger: log, Filter: early.Filter, BeforeBatch: batch.Begin, AfterBatch: batch.End}
+	if os.Getenv("APPLIANCE_HOST_POLLER") == "" {
+		opts.HostPoll = &appliance.ReaderHostPoll{}
+		epOpts.Also = opts.HostPoll
+	}
 	ep, err := tun.NewEndpoint(dev, epOpts)
 	if err != nil {
 		dev.File.Close()
