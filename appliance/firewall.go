@@ -535,7 +535,8 @@ func (fw *Firewall) Exec(ipv6 bool, cmd *iptables.Command) error {
 	return nil
 }
 
-// Close stops a pending rollback timer and detaches the hooks.
+// Close stops a pending rollback timer and conntrack's GC timer, and
+// detaches the hooks.
 func (fw *Firewall) Close() {
 	fw.mu.Lock()
 	if fw.pending != nil {
@@ -543,6 +544,7 @@ func (fw *Firewall) Close() {
 		fw.pending = nil
 	}
 	fw.mu.Unlock()
+	fw.ct.Close()
 	fw.s.SetNFTablesConfigured(false)
 	fw.local.close()
 	for _, f := range fw.early {

@@ -180,6 +180,10 @@ const (
 	timeoutGeneric        = 600 * time.Second
 )
 
+// defaultGCInterval is how often expired connections are swept while the
+// table holds any (Linux's gc_worker rescans between 1 s and 60 s apart).
+const defaultGCInterval = 5 * time.Second
+
 // ConntrackOptions configures NewConntrack.
 type ConntrackOptions struct {
 	// Max bounds the number of connections; new ones beyond it are
@@ -188,6 +192,11 @@ type ConntrackOptions struct {
 	Max int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// GCInterval is how often a timer sweeps expired connections while
+	// the table holds any, so that their memory is freed without new
+	// connections (an insert sweeps only its own shard). Zero means 5 s;
+	// negative turns the timer off (Sweep by hand).
+	GCInterval time.Duration
 }
 
 const numShards = 64
@@ -202,6 +211,17 @@ type Conntrack struct {
 	shards [numShards]ctShard
 	// byID finds a confirmed connection by ID (connlimit's Alive).
 	byID sync.Map // uint64 -> *Conn
+
+	// The GC timer runs only while the table holds connections: armed
+	// by an insert into a table that had none, it stops when a sweep
+	// leaves the table empty, or at Close.
+	gcInterval time.Duration
+	gcArmed    atomic.Bool
+	gcMu       sync.Mutex
+	// +checklocks:gcMu
+	gcTimer *time.Timer
+	// +checklocks:gcMu
+	gcClosed bool
 
 	Stats ConntrackStats
 }
@@ -227,7 +247,10 @@ func NewConntrack(opts ConntrackOptions) *Conntrack {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	ct := &Conntrack{max: opts.Max, now: opts.Now}
+	if opts.GCInterval == 0 {
+		opts.GCInterval = defaultGCInterval
+	}
+	ct := &Conntrack{max: opts.Max, now: opts.Now, gcInterval: opts.GCInterval}
 	for i := range ct.shards {
 		ct.shards[i].m = make(map[Tuple]*ctRef)
 	}
@@ -260,14 +283,16 @@ func (ct *Conntrack) lookup(t Tuple, now int64) *ctRef {
 		return nil
 	}
 	if r.c.deadline.Load() < now {
-		ct.remove(r.c)
-		ct.Stats.Expired.Add(1)
+		if ct.remove(r.c) {
+			ct.Stats.Expired.Add(1)
+		}
 		return nil
 	}
 	return r
 }
 
-func (ct *Conntrack) remove(c *Conn) {
+// remove takes c out of the table; it reports whether c was there.
+func (ct *Conntrack) remove(c *Conn) bool {
 	removed := false
 	for _, t := range []Tuple{c.orig, c.reply} {
 		s := ct.shard(t)
@@ -282,6 +307,7 @@ func (ct *Conntrack) remove(c *Conn) {
 		ct.byID.Delete(c.ID)
 		ct.count.Add(-1)
 	}
+	return removed
 }
 
 // Conns returns a snapshot of the confirmed connections.
@@ -554,6 +580,69 @@ func (ct *Conntrack) insert(c *Conn) {
 	if sweep {
 		ct.sweep(so, now)
 	}
+	if !ct.gcArmed.Load() {
+		ct.armGC()
+	}
+}
+
+// armGC starts the GC timer unless it runs or the table is closed.
+func (ct *Conntrack) armGC() {
+	if ct.gcInterval < 0 {
+		return
+	}
+	ct.gcMu.Lock()
+	defer ct.gcMu.Unlock()
+	if ct.gcClosed || ct.gcArmed.Load() {
+		return
+	}
+	ct.gcArmed.Store(true)
+	if ct.gcTimer == nil {
+		ct.gcTimer = time.AfterFunc(ct.gcInterval, ct.gc)
+	} else {
+		ct.gcTimer.Reset(ct.gcInterval)
+	}
+}
+
+// gc is the GC timer's function: one sweep of the whole table, then again
+// after gcInterval if connections are left. Clearing gcArmed before
+// reading the count means an insert racing with the end of the timer
+// either is seen here or rearms it.
+func (ct *Conntrack) gc() {
+	ct.gcMu.Lock()
+	defer ct.gcMu.Unlock()
+	if ct.gcClosed {
+		return
+	}
+	ct.Sweep()
+	ct.gcArmed.Store(false)
+	if ct.Len() > 0 {
+		ct.gcArmed.Store(true)
+		ct.gcTimer.Reset(ct.gcInterval)
+	}
+}
+
+// Sweep removes every expired connection now, as Linux's conntrack GC
+// worker does, and returns how many it removed. The GC timer calls it;
+// callers with the timer off call it themselves.
+func (ct *Conntrack) Sweep() int {
+	now := ct.now().UnixNano()
+	n := 0
+	for i := range ct.shards {
+		n += ct.sweep(&ct.shards[i], now)
+	}
+	return n
+}
+
+// Close stops the GC timer and waits for a sweep that is running. The
+// table keeps working; expired connections then leave only when an
+// insert sweeps their shard.
+func (ct *Conntrack) Close() {
+	ct.gcMu.Lock()
+	defer ct.gcMu.Unlock()
+	ct.gcClosed = true
+	if ct.gcTimer != nil {
+		ct.gcTimer.Stop()
+	}
 }
 
 func lock2(ct *Conntrack, i, j int) {
@@ -576,8 +665,10 @@ func unlock2(a, b *ctShard) {
 	}
 }
 
-// sweep removes the expired connections of one shard.
-func (ct *Conntrack) sweep(s *ctShard, now int64) {
+// sweep removes the expired connections of one shard and returns how
+// many it removed (a connection whose two tuples share the shard is
+// listed twice but removed and counted once).
+func (ct *Conntrack) sweep(s *ctShard, now int64) int {
 	var dead []*Conn
 	s.mu.Lock()
 	for _, r := range s.m {
@@ -586,10 +677,14 @@ func (ct *Conntrack) sweep(s *ctShard, now int64) {
 		}
 	}
 	s.mu.Unlock()
+	n := 0
 	for _, c := range dead {
-		ct.remove(c)
-		ct.Stats.Expired.Add(1)
+		if ct.remove(c) {
+			ct.Stats.Expired.Add(1)
+			n++
+		}
 	}
+	return n
 }
 
 // AttachAnswer gives answer, a packet built in reply to orig (a REJECT's

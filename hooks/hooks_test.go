@@ -204,7 +204,7 @@ func TestPacketRewriteKeepsChecksumsValid(t *testing.T) {
 
 func TestConntrackFullTableRecovers(t *testing.T) {
 	now := time.Unix(1000, 0)
-	ct := NewConntrack(ConntrackOptions{Max: 64, Now: func() time.Time { return now }})
+	ct := NewConntrack(ConntrackOptions{Max: 64, Now: func() time.Time { return now }, GCInterval: -1})
 	src := netip.MustParseAddr("10.0.0.1")
 	dst := netip.MustParseAddr("10.0.0.2")
 	newFlow := func(port uint16) CTState {
