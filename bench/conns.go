@@ -187,6 +187,13 @@ type ConnsResult struct {
 	// first: zero when nothing grows per connection.
 	HeapGrowth2       int64 `json:"heap_growth_2"`
 	GoroutinesGrowth2 int   `json:"goroutines_growth_2"`
+	// The heap growth of each cycle once the closed connections'
+	// conntrack entries have expired and been swept (10 s after a RST,
+	// 120 s after FINs, Linux's nf_conntrack_tcp_timeout_close and
+	// _time_wait; the hold server's close with the byte unread sends a
+	// RST); the second cycle starts after the first's have.
+	HeapGrowthExpired  int64 `json:"heap_growth_expired"`
+	HeapGrowth2Expired int64 `json:"heap_growth_2_expired"`
 	// Skipped says why the count was not measured on this machine (the
 	// open-file limit); not an error.
 	Skipped string `json:"skipped,omitempty"`
@@ -277,32 +284,105 @@ func measureConnsErr(ctx context.Context, cfg *ConnsConfig, path string, n int, 
 	if e.app != nil {
 		cycles = 2
 	}
-	after := base
+	before := base
 	for c := range cycles {
-		before := after
+		var entries uint64
+		if e.app != nil {
+			if entries, err = conntrackEntries(ctx, e.app.Name); err != nil {
+				return err
+			}
+		}
 		if err := holdCycle(ctx, cfg, e, path, n, r, c == 0); err != nil {
 			return err
 		}
 		if e.app == nil {
 			break
 		}
-		if after, err = memStats(ctx, e.app.Name); err != nil {
+		after, err := memStats(ctx, e.app.Name)
+		if err != nil {
 			return err
 		}
 		if cfg.HeapProfile != "" {
 			file := fmt.Sprintf("%s.%d.goroutines-after-%d.txt", cfg.HeapProfile, n, c+1)
 			_ = exec.CommandContext(ctx, "curl", "-sS", "-o", file, "--unix-socket", control.SocketPath(e.app.Name),
 				"http://appliance/debug/pprof/goroutine?debug=1").Run()
+			// What is left after the close, for go tool pprof -base.
+			file = fmt.Sprintf("%s.%d.after-%d", cfg.HeapProfile, n, c+1)
+			_ = exec.CommandContext(ctx, "curl", "-sS", "-o", file, "--unix-socket", control.SocketPath(e.app.Name),
+				"http://appliance/debug/pprof/heap?gc=1").Run()
+		}
+		// Wait for the closed connections' conntrack entries to expire
+		// and be swept, then measure again.
+		cfg.progress("%s: waiting for the conntrack entries of %d closed connections to expire", path, n)
+		waitStart := time.Now()
+		if err := waitConntrack(ctx, e.app.Name, entries, conntrackCloseTimeout+30*time.Second); err != nil {
+			return err
+		}
+		cfg.progress("%s: conntrack back to %d entries after %.0f s", path, entries, time.Since(waitStart).Seconds())
+		expired, err := memStats(ctx, e.app.Name)
+		if err != nil {
+			return err
 		}
 		if c == 0 {
 			r.HeapGrowth = int64(after.HeapInuse) - int64(before.HeapInuse)
 			r.GoroutinesGrowth = after.Goroutines - before.Goroutines
+			r.HeapGrowthExpired = int64(expired.HeapInuse) - int64(before.HeapInuse)
 		} else {
 			r.HeapGrowth2 = int64(after.HeapInuse) - int64(before.HeapInuse)
 			r.GoroutinesGrowth2 = after.Goroutines - before.Goroutines
+			r.HeapGrowth2Expired = int64(expired.HeapInuse) - int64(before.HeapInuse)
 		}
+		before = expired
 	}
 	return nil
+}
+
+// conntrackCloseTimeout is the longest the appliance's conntrack keeps a
+// closed TCP connection (after FINs: hooks' timeoutTCPFin, Linux's
+// nf_conntrack_tcp_timeout_time_wait).
+const conntrackCloseTimeout = 120 * time.Second
+
+// conntrackEntries reads the appliance's conntrack table size.
+func conntrackEntries(ctx context.Context, name string) (uint64, error) {
+	c, err := control.NewClient(name)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var m map[string]uint64
+	if err := c.Do(ctx, "GET", "/v1/iptables/stats", nil, &m); err != nil {
+		return 0, err
+	}
+	v, ok := m["conntrack_entries"]
+	if !ok {
+		return 0, errors.New("no conntrack_entries in /v1/iptables/stats")
+	}
+	return v, nil
+}
+
+// waitConntrack waits up to d until the appliance's conntrack table holds
+// at most want entries.
+func waitConntrack(ctx context.Context, name string, want uint64, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		got, err := conntrackEntries(ctx, name)
+		if err != nil {
+			return err
+		}
+		if got <= want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("after %v: %d conntrack entries, want at most %d", d, got, want)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // holdCycle opens n connections, measures them if record, and closes
@@ -499,8 +579,8 @@ func mib(b int64) string { return fmt.Sprintf("%.1fM", float64(b)/(1<<20)) }
 // WriteConnsTable prints results as one table, bytes per connection in
 // KiB.
 func WriteConnsTable(w io.Writer, rs []ConnsResult) {
-	fmt.Fprintf(w, "  %-10s %6s %7s %9s %9s %9s %10s %11s %10s %17s %11s\n",
-		"path", "conns", "open s", "RSS KiB", "heap KiB", "stack KiB", "goroutines", "k.slab KiB", "k.mem KiB", "heap growth 1/2", "gor growth")
+	fmt.Fprintf(w, "  %-10s %6s %7s %9s %9s %9s %10s %11s %10s %17s %11s %19s\n",
+		"path", "conns", "open s", "RSS KiB", "heap KiB", "stack KiB", "goroutines", "k.slab KiB", "k.mem KiB", "heap growth 1/2", "gor growth", "after ct expiry 1/2")
 	kib := func(v float64) string { return fmt.Sprintf("%.2f", v/1024) }
 	for _, r := range rs {
 		if r.Error != "" {
@@ -516,8 +596,9 @@ func WriteConnsTable(w io.Writer, rs []ConnsResult) {
 				"-", "-", "-", "-", kib(r.Slab), kib(r.SockMem), "-", "-")
 			continue
 		}
-		fmt.Fprintf(w, "  %-10s %6d %7.1f %9s %9s %9s %10d %11s %10s %17s %11s\n", r.Path, r.Conns, r.OpenSeconds,
+		fmt.Fprintf(w, "  %-10s %6d %7.1f %9s %9s %9s %10d %11s %10s %17s %11s %19s\n", r.Path, r.Conns, r.OpenSeconds,
 			kib(r.RSS), kib(r.Heap), kib(r.Stack), r.Goroutines, kib(r.Slab), kib(r.SockMem),
-			fmt.Sprintf("%s/%s", mib(r.HeapGrowth), mib(r.HeapGrowth2)), fmt.Sprintf("%d/%d", r.GoroutinesGrowth, r.GoroutinesGrowth2))
+			fmt.Sprintf("%s/%s", mib(r.HeapGrowth), mib(r.HeapGrowth2)), fmt.Sprintf("%d/%d", r.GoroutinesGrowth, r.GoroutinesGrowth2),
+			fmt.Sprintf("%s/%s", mib(r.HeapGrowthExpired), mib(r.HeapGrowth2Expired)))
 	}
 }

@@ -48,12 +48,12 @@ func TestWriteConnsTable(t *testing.T) {
 	var b bytes.Buffer
 	WriteConnsTable(&b, []ConnsResult{
 		{Path: PathKernel, Conns: 10, Slab: 10240},
-		{Path: PathAppliance, Conns: 10, RSS: 7168, Heap: 6144, Goroutines: 12, HeapGrowth: 1 << 20},
+		{Path: PathAppliance, Conns: 10, RSS: 7168, Heap: 6144, Goroutines: 12, HeapGrowth: 1 << 20, HeapGrowthExpired: 3 << 20, HeapGrowth2Expired: 1 << 19},
 		{Path: PathAppliance, Conns: 50000, Skipped: "needs 50256 open files"},
 		{Path: PathAppliance, Conns: 7, Error: "boom"},
 	})
 	out := b.String()
-	for _, want := range []string{"10.00", "7.00", "6.00", "1.0M/0.0M", "skipped: needs 50256", "error: boom"} {
+	for _, want := range []string{"10.00", "7.00", "6.00", "1.0M/0.0M", "after ct expiry 1/2", "3.0M/0.5M", "skipped: needs 50256", "error: boom"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}

@@ -146,7 +146,7 @@ algorithm, netstack's solid and the kernel's dashed.`,
 	fl.StringVar(&mtus, "mtu", "1500,65520", "MTUs to measure (comma-separated; router mode: 1500)")
 	fl.BoolVar(&asJSON, "json", false, "print the results as JSON instead of a table")
 	fl.StringVar(&conns, "conns", "", "instead of throughput: hold this many idle TCP connections through the appliance (comma-separated counts, e.g. 10000,50000) and report memory per connection and growth after they close")
-	fl.StringVar(&connsProfile, "conns-heap-profile", "", "with --conns, save the appliance's heap profile while the connections are held to FILE.COUNT (go tool pprof -top)")
+	fl.StringVar(&connsProfile, "conns-heap-profile", "", "with --conns, save the appliance's heap profile while the connections are held to FILE.COUNT and after each close to FILE.COUNT.after-1 and .after-2 (go tool pprof -top, -base)")
 	fl.BoolVar(&connsKernel, "conns-kernel", true, "with --conns, also measure the kernel's own cost on a veth pair")
 	fl.StringVar(&plot, "plot", "", "draw each iperf3 run's throughput and RTT over time into this SVG file (--cc-matrix: throughput against loss per algorithm)")
 	mx.flags(fl)
