@@ -37,7 +37,8 @@ integration: deps build
 test: build lint unit integration
 
 bench: deps build
-	$(BIN) bench --time 5s
+	$(BIN) bench --time 5s --repeat 3
+	$(BIN) bench --mode router --time 5s --repeat 3
 	$(BIN) bench --conns 10000,50000
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./...
 	$(GO) test -tags integration -run '^$$' -bench 'Iptables' -benchtime 3x ./integration/

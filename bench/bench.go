@@ -67,6 +67,12 @@ type Config struct {
 	Compare []string
 	// MTUs are the link MTUs to measure. Nil means 1500 and 65520.
 	MTUs []int
+	// Repeat measures every path this many times, interleaved (kernel,
+	// appliance, ..., kernel, appliance, ...), and reports each figure's
+	// median and each ratio as the median of the rounds' own ratios, so a
+	// burst of load on a shared machine moves one round, not the table.
+	// Zero means 1. Not with Series (a plot draws single runs).
+	Repeat int
 	// Progress receives one line per step; nil discards.
 	Progress io.Writer
 
@@ -97,6 +103,9 @@ type Result struct {
 	// Config.Emulate asked for it.
 	Up   *Transfer `json:"up_run,omitempty"`
 	Down *Transfer `json:"down_run,omitempty"`
+	// Rounds are the single measurements when Config.Repeat > 1; the
+	// figures above are then their medians.
+	Rounds []Result `json:"rounds,omitempty"`
 }
 
 func (c *Config) defaults() error {
@@ -142,6 +151,12 @@ func (c *Config) defaults() error {
 	}
 	if c.Emulate != "" {
 		c.Series = true
+	}
+	if c.Repeat <= 0 {
+		c.Repeat = 1
+	}
+	if c.Repeat > 1 && c.Series {
+		return errors.New("bench: repeat only without emulation or a plot (they record single runs)")
 	}
 	if c.CC != "" {
 		if ok, avail := KernelCC(c.CC); ok {
@@ -202,14 +217,102 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	}
 	var results []Result
 	for _, mtu := range cfg.MTUs {
-		for _, p := range paths {
-			if ctx.Err() != nil {
-				return results, ctx.Err()
+		rounds := make([][]Result, 0, cfg.Repeat)
+		for i := range cfg.Repeat {
+			var round []Result
+			for _, p := range paths {
+				if ctx.Err() != nil {
+					break
+				}
+				if cfg.Repeat > 1 {
+					fmt.Fprintf(cfg.Progress, "bench: round %d of %d\n", i+1, cfg.Repeat)
+				}
+				round = append(round, measurePath(ctx, &cfg, p, mtu))
 			}
-			results = append(results, measurePath(ctx, &cfg, p, mtu))
+			if len(round) == len(paths) {
+				rounds = append(rounds, round)
+			}
 		}
+		if ctx.Err() != nil {
+			return append(results, mergeRounds(rounds)...), ctx.Err()
+		}
+		results = append(results, mergeRounds(rounds)...)
 	}
 	return results, ctx.Err()
+}
+
+// mergeRounds turns complete rounds (each the same paths in the same
+// order) into one Result per path: a single round as it is, several as
+// the median of each figure with the rounds kept in Rounds.
+func mergeRounds(rounds [][]Result) []Result {
+	if len(rounds) == 0 {
+		return nil
+	}
+	if len(rounds) == 1 {
+		return rounds[0]
+	}
+	out := make([]Result, len(rounds[0]))
+	for j := range rounds[0] {
+		m := Result{Path: rounds[0][j].Path, MTU: rounds[0][j].MTU, Skipped: rounds[0][j].Skipped, Emulate: rounds[0][j].Emulate}
+		var up, down, p50, p99, crr []float64
+		for i, round := range rounds {
+			r := round[j]
+			m.Rounds = append(m.Rounds, r)
+			for _, e := range r.Errors {
+				m.Errors = append(m.Errors, fmt.Sprintf("round %d: %s", i+1, e))
+			}
+			up, down = appendMeasured(up, r.UpGbps), appendMeasured(down, r.DownGbps)
+			p50, p99 = appendMeasured(p50, r.RR.P50us), appendMeasured(p99, r.RR.P99us)
+			crr = appendMeasured(crr, r.CRR.PerSec)
+		}
+		m.UpGbps, m.DownGbps = median(up), median(down)
+		m.RR.P50us, m.RR.P99us = median(p50), median(p99)
+		m.CRR.PerSec = median(crr)
+		out[j] = m
+	}
+	return out
+}
+
+// appendMeasured adds v unless it is 0 (a failed or skipped measurement).
+func appendMeasured(vs []float64, v float64) []float64 {
+	if v == 0 {
+		return vs
+	}
+	return append(vs, v)
+}
+
+// median of vs (the mean of the middle two for an even count); 0 for none.
+func median(vs []float64) float64 {
+	if len(vs) == 0 {
+		return 0
+	}
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// Ratio is r's figure against the reference k's (the kernel path at the
+// same MTU), 0 when either is missing: with rounds on both sides the
+// median of the rounds' own ratios, each round's pair having been measured
+// back to back.
+func Ratio(r, k Result, figure func(Result) float64) float64 {
+	if len(r.Rounds) > 0 && len(r.Rounds) == len(k.Rounds) {
+		var rs []float64
+		for i := range r.Rounds {
+			if a, b := figure(r.Rounds[i]), figure(k.Rounds[i]); a != 0 && b != 0 {
+				rs = append(rs, a/b)
+			}
+		}
+		return median(rs)
+	}
+	if a, b := figure(r), figure(k); a != 0 && b != 0 {
+		return a / b
+	}
+	return 0
 }
 
 func measurePath(ctx context.Context, cfg *Config, path string, mtu int) Result {

@@ -209,3 +209,51 @@ func BenchmarkRRLoopback(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/transaction")
 }
+
+func TestMergeRounds(t *testing.T) {
+	round := func(kUp, aUp, aP50, aCRR float64) []Result {
+		return []Result{
+			{Path: PathKernel, MTU: 1500, UpGbps: kUp, DownGbps: 10, CRR: CRRResult{PerSec: 1000}},
+			{Path: PathAppliance, MTU: 1500, UpGbps: aUp, DownGbps: 5, RR: RRResult{P50us: aP50}, CRR: CRRResult{PerSec: aCRR}},
+			{Path: PathPasta, MTU: 1500, Skipped: "not installed"},
+		}
+	}
+	// Round 2's kernel run met a burst of load: the median of the
+	// rounds' ratios (0.5, 0.9, 0.25) is 0.5; the ratio of the medians
+	// (3.6 / 8) would be 0.45.
+	rounds := [][]Result{round(10, 5, 100, 300), round(4, 3.6, 900, 0), round(8, 2, 200, 500)}
+	rounds[1][1].Errors = []string{"crr: boom"}
+	got := mergeRounds(rounds)
+	if len(got) != 3 {
+		t.Fatalf("%d results, want 3", len(got))
+	}
+	k, a := got[0], got[1]
+	if k.UpGbps != 8 || a.UpGbps != 3.6 || a.RR.P50us != 200 {
+		t.Errorf("medians: kernel up %v, appliance up %v p50 %v; want 8, 3.6, 200", k.UpGbps, a.UpGbps, a.RR.P50us)
+	}
+	if a.CRR.PerSec != 400 { // the failed round (0) left out: median of 300 and 500
+		t.Errorf("appliance CRR median %v, want 400", a.CRR.PerSec)
+	}
+	if r := Ratio(a, k, upGbps); r != 0.5 {
+		t.Errorf("up ratio %v, want the median of the rounds' ratios 0.5", r)
+	}
+	if r := Ratio(a, k, crrPerSec); r != 0.4 {
+		t.Errorf("CRR ratio %v, want 0.4 (rounds 0.3 and 0.5; the failed one left out)", r)
+	}
+	if len(a.Rounds) != 3 || len(a.Errors) != 1 || !strings.HasPrefix(a.Errors[0], "round 2: ") {
+		t.Errorf("rounds %d, errors %q", len(a.Rounds), a.Errors)
+	}
+	if got[2].Skipped != "not installed" {
+		t.Errorf("skipped path: %+v", got[2])
+	}
+	if one := mergeRounds(rounds[:1]); one[1].UpGbps != 5 || one[1].Rounds != nil {
+		t.Errorf("one round: %+v, want it as measured", one[1])
+	}
+	var b bytes.Buffer
+	if err := WriteTable(&b, got); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "0.50") {
+		t.Errorf("table lacks the median ratio 0.50:\n%s", b.String())
+	}
+}

@@ -46,9 +46,9 @@ func WriteTable(w io.Writer, results []Result) error {
 		cols := []string{
 			left(r.Path), fmt.Sprint(r.MTU),
 			num(r.UpGbps, "%.2f"), num(r.DownGbps, "%.2f"),
-			ratio(r.UpGbps, k.UpGbps, hasK), ratio(r.DownGbps, k.DownGbps, hasK),
+			ratio(r, k, hasK, upGbps), ratio(r, k, hasK, downGbps),
 			num(r.RR.P50us, "%.0f"), num(r.RR.P99us, "%.0f"),
-			num(r.CRR.PerSec, "%.0f"), ratio(r.CRR.PerSec, k.CRR.PerSec, hasK),
+			num(r.CRR.PerSec, "%.0f"), ratio(r, k, hasK, crrPerSec),
 		}
 		if emulated {
 			cols = append(cols,
@@ -101,9 +101,18 @@ func num(v float64, format string) string {
 	return fmt.Sprintf(format, v)
 }
 
-func ratio(v, k float64, hasK bool) string {
-	if !hasK || v == 0 || k == 0 {
+// The figures the table gives as ratios to the kernel path.
+func upGbps(r Result) float64    { return r.UpGbps }
+func downGbps(r Result) float64  { return r.DownGbps }
+func crrPerSec(r Result) float64 { return r.CRR.PerSec }
+
+func ratio(r, k Result, hasK bool, figure func(Result) float64) string {
+	if !hasK {
 		return "-"
 	}
-	return fmt.Sprintf("%.2f", v/k)
+	v := Ratio(r, k, figure)
+	if v == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", v)
 }

@@ -24,6 +24,7 @@ func newBenchCmd() *cobra.Command {
 		mode, cc, emulate, compare, mtus, plot string
 		dur, rrDur                             time.Duration
 		asJSON                                 bool
+		repeat                                 int
 		conns, connsProfile                    string
 		connsKernel                            bool
 		mx                                     matrixFlags
@@ -71,7 +72,13 @@ algorithm, netstack's solid and the kernel's dashed.`,
 			if mx.on {
 				return runCCMatrix(cmd, mx, emulate, dur, cmd.Flags().Changed("time"), asJSON, plot)
 			}
-			cfg := bench.Config{Mode: mode, CC: cc, Emulate: emulate, Series: plot != "", Time: dur, RRTime: rrDur, Progress: os.Stderr}
+			cfg := bench.Config{Mode: mode, CC: cc, Emulate: emulate, Series: plot != "", Time: dur, RRTime: rrDur, Repeat: repeat, Progress: os.Stderr}
+			if repeat < 1 || repeat > 99 {
+				return usagef("--repeat %d: want 1..99", repeat)
+			}
+			if repeat > 1 && (emulate != "" || plot != "") {
+				return usagef("--repeat %d: not with --emulate or --plot (they record single runs)", repeat)
+			}
 			if emulate != "" {
 				if _, err := parseEmulate(emulate); err != nil {
 					return err
@@ -126,6 +133,9 @@ algorithm, netstack's solid and the kernel's dashed.`,
 			} else if len(results) > 0 {
 				fmt.Fprintf(cmd.OutOrStdout(), "bench: %s mode, cc %s, iperf3 %v per direction, RR/CRR %v each\n",
 					mode, benchOr(cc, "default"), dur, rrDur)
+				if repeat > 1 {
+					fmt.Fprintf(cmd.OutOrStdout(), "bench: %d interleaved rounds: medians, ratios the median of each round's own ratio\n", repeat)
+				}
 				if emulate != "" {
 					fmt.Fprintf(cmd.OutOrStdout(), "bench: emulation %s on the appliance path; the kernel path is the un-emulated reference (no netem); RTT, retrans, qdrops, lost are upload/download\n", emulate)
 				}
@@ -142,6 +152,7 @@ algorithm, netstack's solid and the kernel's dashed.`,
 	fl.StringVar(&emulate, "emulate", "", "link emulation SPEC passed to the appliance (--emulate)")
 	fl.DurationVar(&dur, "time", 5*time.Second, "iperf3 duration per direction (whole seconds)")
 	fl.DurationVar(&rrDur, "rr-time", 2*time.Second, "duration of the RR and of the CRR test")
+	fl.IntVar(&repeat, "repeat", 1, "measure every path this many times, interleaved, and report medians (ratios: the median of each round's own ratio to the kernel path), for a shared, noisy machine")
 	fl.StringVar(&compare, "compare", strings.Join(bench.ComparePaths, ","), "other paths to measure: "+strings.Join(bench.ComparePaths, ",")+" (comma-separated; missing tools print \"not installed\")")
 	fl.StringVar(&mtus, "mtu", "1500,65520", "MTUs to measure (comma-separated; router mode: 1500)")
 	fl.BoolVar(&asJSON, "json", false, "print the results as JSON instead of a table")
