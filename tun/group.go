@@ -151,6 +151,11 @@ func (g *ReaderGroup) loop() {
 		if progress {
 			continue
 		}
+		// Members that left this round must not be polled (their
+		// descriptors may be closed, and a hang-up would end them twice).
+		if eps, active = g.snapshot(eps); !active {
+			return
+		}
 		// Every member ran dry: block this thread in ppoll (not the
 		// runtime poller, whose wake-ups wait for an idle P) on all of
 		// them, their stop descriptors and the group's kick.
