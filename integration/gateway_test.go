@@ -813,4 +813,35 @@ func TestBench(t *testing.T) {
 			t.Errorf("bench %s row moved nothing: %s", path, m[0])
 		}
 	}
+
+	// --repeat: every path measured in each round, the figures their
+	// medians.
+	cmd = exec.CommandContext(ctx, applianceBin, "bench", "--time", "1s", "--rr-time", "300ms", "--mtu", "1500", "--compare", "kernel", "--repeat", "2", "--json")
+	out, err = cmd.Output()
+	if err != nil {
+		t.Fatalf("appliance bench --repeat 2: %v\n%s", err, out)
+	}
+	var rows []struct {
+		Path   string
+		UpGbps float64 `json:"up_gbps"`
+		Rounds []struct {
+			UpGbps float64 `json:"up_gbps"`
+		}
+	}
+	if err := json.Unmarshal(out, &rows); err != nil {
+		t.Fatalf("bench --repeat --json: %v\n%s", err, out)
+	}
+	if len(rows) != 2 {
+		t.Fatalf("bench --repeat: %d rows, want kernel and appliance:\n%s", len(rows), out)
+	}
+	for _, r := range rows {
+		if len(r.Rounds) != 2 || r.Rounds[0].UpGbps == 0 || r.Rounds[1].UpGbps == 0 {
+			t.Errorf("%s: rounds %+v, want 2 that moved data", r.Path, r.Rounds)
+			continue
+		}
+		lo, hi := min(r.Rounds[0].UpGbps, r.Rounds[1].UpGbps), max(r.Rounds[0].UpGbps, r.Rounds[1].UpGbps)
+		if r.UpGbps != (lo+hi)/2 {
+			t.Errorf("%s: up %v, want the median of its rounds %v and %v", r.Path, r.UpGbps, lo, hi)
+		}
+	}
 }
