@@ -3,6 +3,7 @@ package appliance
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -323,20 +324,41 @@ func (r *tcpRelay) pumpUp() error {
 		if r.ep.Readiness(waiter.ReadableEvents) == 0 {
 			return nil
 		}
-		bp := relayBufs.Get().(*[]byte)
-		w := tcpip.SliceWriter(*bp)
-		res, terr := r.ep.Read(&w, tcpip.ReadOptions{})
+		var w hostWriter
+		var terr tcpip.Error
+		if err := r.rc.Write(func(fd uintptr) bool {
+			w.fd = int(fd)
+			_, terr = r.ep.Read(&w, tcpip.ReadOptions{})
+			w.flush()
+			return true
+		}); err != nil {
+			w.release()
+			return err
+		}
+		if w.err != nil {
+			w.release()
+			return w.err
+		}
+		if w.off < w.n {
+			// Staged data the host did not take waits as pending.
+			d.pending, d.off, d.n = w.stage, w.off, w.n
+		} else {
+			w.release()
+		}
+		if w.blocked {
+			if _, ok := terr.(*tcpip.ErrBadBuffer); ok || terr == nil {
+				if !d.full.Swap(true) {
+					continue // the socket may have drained meanwhile
+				}
+				return nil
+			}
+		}
 		switch terr.(type) {
 		case nil:
-			d.pending, d.off, d.n = bp, 0, res.Count
-			if res.Count == 0 {
-				r.releasePending(d)
-			}
+			d.full.Store(false)
 		case *tcpip.ErrWouldBlock:
-			relayBufs.Put(bp)
 			return nil
 		case *tcpip.ErrClosedForReceive:
-			relayBufs.Put(bp)
 			d.eof = true
 			if err := r.host.CloseWrite(); err != nil {
 				return err
@@ -344,11 +366,98 @@ func (r *tcpRelay) pumpUp() error {
 			r.directionEnded()
 			return nil
 		default:
-			relayBufs.Put(bp)
 			return errors.New(terr.String())
 		}
 	}
 	return nil
+}
+
+// directMin is the size from which hostWriter hands a view of netstack's
+// receive queue to the host socket as it is; smaller ones are gathered.
+const directMin = 16 << 10
+
+// hostWriter takes what netstack's Endpoint.Read hands it (views of the
+// receive queue: a GRO'd or GSO super-segment is one 64 KiB view) and
+// writes it to the host socket without waiting. Large views go to the
+// kernel straight from netstack's buffer, with no copy into a relay
+// buffer; small ones (MSS segments without offloads, requests) are
+// gathered in a relay buffer first, so that they cost one write, not one
+// each. A write the socket refuses (EAGAIN) or takes in part ends the
+// Read: Read consumes exactly what was written, and the rest stays queued
+// in netstack, whose window then closes.
+type hostWriter struct {
+	fd      int
+	stage   *[]byte // gathered small views, taken on the first
+	off, n  int     // stage[off:n] not yet written
+	blocked bool
+	err     error
+}
+
+// errHostFull stops Endpoint.Read when the host socket takes no more.
+var errHostFull = errors.New("host socket full")
+
+func (w *hostWriter) Write(p []byte) (int, error) {
+	if w.blocked || w.err != nil {
+		return 0, errHostFull
+	}
+	if len(p) < directMin {
+		if w.stage == nil {
+			w.stage = relayBufs.Get().(*[]byte)
+		}
+		if w.n+len(p) > len(*w.stage) && !w.flush() {
+			return 0, errHostFull
+		}
+		w.n += copy((*w.stage)[w.n:], p)
+		return len(p), nil
+	}
+	if !w.flush() { // gathered data goes first
+		return 0, errHostFull
+	}
+	n, err := w.write(p)
+	if n < len(p) {
+		if err == nil {
+			err = io.ErrShortWrite
+		}
+		return n, err
+	}
+	return n, nil
+}
+
+// write is one write(2); EAGAIN or a short write marks the socket full.
+func (w *hostWriter) write(p []byte) (int, error) {
+	n, err := unix.Write(w.fd, p)
+	switch {
+	case err == unix.EAGAIN:
+		w.blocked = true
+		return 0, errHostFull
+	case err != nil:
+		w.err = err
+		return 0, err
+	case n < len(p):
+		w.blocked = true
+	}
+	return n, nil
+}
+
+// flush writes the gathered data; it reports whether all of it went.
+func (w *hostWriter) flush() bool {
+	for w.off < w.n && !w.blocked && w.err == nil {
+		n, _ := w.write((*w.stage)[w.off:w.n])
+		w.off += n
+	}
+	if w.off == w.n {
+		w.off, w.n = 0, 0
+		return true
+	}
+	return false
+}
+
+// release puts the stage buffer back.
+func (w *hostWriter) release() {
+	if w.stage != nil {
+		relayBufs.Put(w.stage)
+		w.stage = nil
+	}
 }
 
 // writeHost writes d's pending data to the host socket without waiting.
