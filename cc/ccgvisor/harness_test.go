@@ -29,6 +29,12 @@ var (
 // can have link emulation on its outbound direction.
 type pair struct {
 	a, b *netstack.Stack
+	// writeSize, if not zero, is the size of the sender's writes
+	// (default 1 MiB).
+	writeSize int
+	// beforeClose, if set, runs on a's endpoint after the last write,
+	// before the close.
+	beforeClose func(tcpip.Endpoint)
 }
 
 type pairOpts struct {
@@ -38,6 +44,8 @@ type pairOpts struct {
 	emulate emulate.Spec // applied to a's link (both directions)
 	// wrap, if set, wraps a's pipe endpoint (under the emulation).
 	wrap func(stack.LinkEndpoint) stack.LinkEndpoint
+	// wrapB, if set, wraps b's pipe endpoint (b sends the ACKs).
+	wrapB func(stack.LinkEndpoint) stack.LinkEndpoint
 }
 
 // fixedPair is a pair whose sender keeps a fixed cwnd of 40 segments over
@@ -79,6 +87,10 @@ func newPair(t testing.TB, o pairOpts) *pair {
 	p := &pair{a: mk(o.ccName), b: mk("reno")} // b only receives
 	la, lb := pipe.New("\x02\x00\x00\x00\x00\x01", "\x02\x00\x00\x00\x00\x02", o.mtu)
 	var linkA stack.LinkEndpoint = la
+	var linkB stack.LinkEndpoint = lb
+	if o.wrapB != nil {
+		linkB = o.wrapB(lb)
+	}
 	if o.wrap != nil {
 		linkA = o.wrap(la)
 	}
@@ -93,7 +105,7 @@ func newPair(t testing.TB, o pairOpts) *pair {
 		s    *netstack.Stack
 		l    stack.LinkEndpoint
 		addr tcpip.Address
-	}{{p.a, linkA, addrA}, {p.b, lb, addrB}} {
+	}{{p.a, linkA, addrA}, {p.b, linkB, addrB}} {
 		if _, err := x.s.AttachNIC(x.l, netstack.NICOptions{
 			Name:         "p",
 			Addresses:    []tcpip.AddressWithPrefix{{Address: x.addr, PrefixLen: 24}},
@@ -141,6 +153,9 @@ func (p *pair) transfer(t testing.TB, n int64, d time.Duration, onConn func(tcpi
 		onConn(ep)
 	}
 	buf := make([]byte, 1<<20)
+	if p.writeSize > 0 {
+		buf = buf[:p.writeSize]
+	}
 	deadline := time.Now().Add(d)
 	var sent int64
 	for (n > 0 && sent < n) || (n == 0 && time.Now().Before(deadline)) {
@@ -155,6 +170,9 @@ func (p *pair) transfer(t testing.TB, n int64, d time.Duration, onConn func(tcpi
 		}
 	}
 	info, _ := ep.(*tcp.Endpoint).CongestionControlInfo()
+	if p.beforeClose != nil {
+		p.beforeClose(ep)
+	}
 	c.Close()
 	wg.Wait()
 	if got != sent {
