@@ -19,6 +19,8 @@ type dropTarget struct {
 	armed bool
 	seq   uint32
 	sent  int // transmissions of seq seen, dropped or not
+	// rtos is the dropper's count() at each transmission, if it has one.
+	rtos []uint64
 }
 
 // dropper wraps a's link and drops chosen transmissions of chosen
@@ -30,6 +32,9 @@ type dropper struct {
 	iss     uint32
 	haveISS bool
 	targets []*dropTarget
+	// count, if set, is read at each transmission of a target (e.g. the
+	// sender's RTO count) into dropTarget.rtos.
+	count func() uint64
 }
 
 // wrap makes d the wrapper of l (pairOpts.wrap).
@@ -78,6 +83,9 @@ func (d *dropper) drop(pkt *stack.PacketBuffer) bool {
 		}
 		if t.armed && seq == t.seq {
 			t.sent++
+			if d.count != nil {
+				t.rtos = append(t.rtos, d.count())
+			}
 			return t.sent <= t.drops
 		}
 	}
@@ -158,4 +166,42 @@ func TestRTOKeepsSACK(t *testing.T) {
 		}
 	}
 	t.Logf("timeouts %d, retransmits %d", st.Timeouts.Value(), st.Retransmits.Value())
+}
+
+// TestLostRetransmissionAfterRTO: after an RTO, a go-back-N
+// retransmission lost again is found lost once retransmissions sent
+// after it are SACKed, and sent again before a second RTO (patch 0026,
+// Linux's TCP_CA_Loss with RACK: tcp_identify_packet_loss,
+// tcp_xmit_retransmit_queue). The scenario of TestRTOKeepsSACK, with the
+// second hole's go-back-N retransmission dropped too (the first one's
+// would leave nothing in flight at cwnd 1, an RTO in Linux as well).
+// Without the patch the second hole waits for a second, doubled RTO.
+// (The transfer may still end with one: gVisor's receiver drops the
+// go-back-N copy of the FIN that arrives above the hole, and only an RTO
+// resends a FIN; so the test checks when the hole was repaired.)
+func TestLostRetransmissionAfterRTO(t *testing.T) {
+	const n = 4 << 20
+	d := &dropper{targets: []*dropTarget{
+		{off: n - 40000, drops: 2},
+		{off: n - 32000, drops: 3},
+		{off: n - 24000, drops: 2},
+		{off: n - 16000, drops: 2},
+		{off: n - 8000, drops: 2},
+	}}
+	p := fixedPair(t, d.wrap, 0)
+	d.count = p.a.Stack.Stats().TCP.Timeouts.Value
+	p.transfer(t, n, 0, nil)
+	st := p.a.Stack.Stats().TCP
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, tg := range d.targets {
+		if want := tg.drops + 1; tg.sent != want {
+			t.Errorf("segment at offset %d: %d transmissions, want %d", tg.off, tg.sent, want)
+		}
+	}
+	if tg := d.targets[1]; len(tg.rtos) == 4 && tg.rtos[3] != 1 {
+		t.Errorf("segment at offset %d: last transmission after %d RTOs, want 1 (RTO counts at its transmissions %v)", tg.off, tg.rtos[3], tg.rtos)
+	}
+	t.Logf("timeouts %d, retransmits %d, lost retransmits %d, RTO counts at the second hole's transmissions %v",
+		st.Timeouts.Value(), st.Retransmits.Value(), st.LostRetransmits.Value(), d.targets[1].rtos)
 }
