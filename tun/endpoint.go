@@ -376,10 +376,7 @@ func (e *Endpoint) readLoop() {
 			}
 			continue
 		}
-		// Dry: block this thread in ppoll (not the runtime poller, whose
-		// wake-ups wait for an idle P) until a packet, the other
-		// descriptor or Stop. A plain syscall (entersyscall) keeps the P
-		// through a short sleep.
+		// Dry: wait until a packet, the other descriptor or Stop.
 		pfds := [3]rawfile.PollEvent{
 			{FD: int32(e.stop.EFD), Events: unix.POLLIN},
 			{FD: int32(e.fd), Events: unix.POLLIN},
@@ -388,7 +385,7 @@ func (e *Endpoint) readLoop() {
 		if e.also != nil {
 			pfds[2].FD = int32(e.also.PollFD())
 		}
-		_, _, errno := unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfds[0])), uintptr(len(pfds)), 0, 0, 0, 0)
+		errno := blockingPoll(pfds[:])
 		if pfds[0].Revents&unix.POLLIN != 0 {
 			return
 		}
@@ -403,6 +400,15 @@ func (e *Endpoint) readLoop() {
 			e.also.Service()
 		}
 	}
+}
+
+// blockingPoll waits in ppoll(2) for the events asked of pfds, blocking
+// this thread, not the runtime poller (whose wake-ups wait for an idle P).
+// It is a plain syscall (entersyscall, not gVisor's BlockingPoll with
+// entersyscallblock), so a short sleep keeps the P.
+func blockingPoll(pfds []rawfile.PollEvent) unix.Errno {
+	_, _, errno := unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfds[0])), uintptr(len(pfds)), 0, 0, 0, 0)
+	return errno
 }
 
 // readBatch reads up to the budget. It returns done=true when the budget

@@ -3,7 +3,6 @@ package tun
 import (
 	"fmt"
 	"sync"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/rawfile"
@@ -156,9 +155,8 @@ func (g *ReaderGroup) loop() {
 		if eps, active = g.snapshot(eps); !active {
 			return
 		}
-		// Every member ran dry: block this thread in ppoll (not the
-		// runtime poller, whose wake-ups wait for an idle P) on all of
-		// them, their stop descriptors and the group's kick.
+		// Every member ran dry: wait on all of them, their stop
+		// descriptors and the group's kick.
 		pfds = pfds[:0]
 		pfds = append(pfds, rawfile.PollEvent{FD: int32(g.kick), Events: unix.POLLIN})
 		for _, e := range eps {
@@ -166,7 +164,7 @@ func (g *ReaderGroup) loop() {
 				rawfile.PollEvent{FD: int32(e.stop.EFD), Events: unix.POLLIN},
 				rawfile.PollEvent{FD: int32(e.fd), Events: unix.POLLIN})
 		}
-		_, _, errno := unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfds[0])), uintptr(len(pfds)), 0, 0, 0, 0)
+		errno := blockingPoll(pfds)
 		if errno != 0 && errno != unix.EINTR {
 			// Only a bad descriptor set makes ppoll itself fail: give
 			// every member up rather than spin.
