@@ -346,12 +346,12 @@ func (r *tcpRelay) pumpUp() error {
 			w.release()
 		}
 		if w.blocked {
-			if _, ok := terr.(*tcpip.ErrBadBuffer); ok || terr == nil {
-				if !d.full.Swap(true) {
-					continue // the socket may have drained meanwhile
-				}
-				return nil
+			// The host took less than netstack held (terr is nil, or
+			// ErrBadBuffer when it took nothing): the rest stays queued.
+			if !d.full.Swap(true) {
+				continue // the socket may have drained meanwhile
 			}
+			return nil
 		}
 		switch terr.(type) {
 		case nil:
