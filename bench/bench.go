@@ -219,13 +219,13 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 	for _, mtu := range cfg.MTUs {
 		rounds := make([][]Result, 0, cfg.Repeat)
 		for i := range cfg.Repeat {
+			if cfg.Repeat > 1 {
+				fmt.Fprintf(cfg.Progress, "bench: mtu %d: round %d of %d\n", mtu, i+1, cfg.Repeat)
+			}
 			var round []Result
 			for _, p := range paths {
 				if ctx.Err() != nil {
 					break
-				}
-				if cfg.Repeat > 1 {
-					fmt.Fprintf(cfg.Progress, "bench: round %d of %d\n", i+1, cfg.Repeat)
 				}
 				round = append(round, measurePath(ctx, &cfg, p, mtu))
 			}
@@ -233,10 +233,10 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 				rounds = append(rounds, round)
 			}
 		}
-		if ctx.Err() != nil {
-			return append(results, mergeRounds(rounds)...), ctx.Err()
-		}
 		results = append(results, mergeRounds(rounds)...)
+		if ctx.Err() != nil {
+			break
+		}
 	}
 	return results, ctx.Err()
 }
