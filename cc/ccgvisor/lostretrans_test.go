@@ -37,6 +37,18 @@ type dropper struct {
 	count func() uint64
 }
 
+// checkSent fails t for each target not sent exactly once more than it
+// was dropped: every loss repaired by one retransmission, none sent in
+// vain. d.mu must be held.
+func (d *dropper) checkSent(t *testing.T) {
+	t.Helper()
+	for _, tg := range d.targets {
+		if want := tg.drops + 1; tg.sent != want {
+			t.Errorf("segment at offset %d: %d transmissions, want %d", tg.off, tg.sent, want)
+		}
+	}
+}
+
 // wrap makes d the wrapper of l (pairOpts.wrap).
 func (d *dropper) wrap(l stack.LinkEndpoint) stack.LinkEndpoint {
 	d.LinkEndpoint = l
@@ -160,11 +172,7 @@ func TestRTOKeepsSACK(t *testing.T) {
 	if got := st.Timeouts.Value(); got == 0 {
 		t.Fatalf("no RTO: the scenario did not happen (retransmits %d)", st.Retransmits.Value())
 	}
-	for _, tg := range d.targets {
-		if want := tg.drops + 1; tg.sent != want {
-			t.Errorf("segment at offset %d: %d transmissions, want %d", tg.off, tg.sent, want)
-		}
-	}
+	d.checkSent(t)
 	t.Logf("timeouts %d, retransmits %d", st.Timeouts.Value(), st.Retransmits.Value())
 }
 
@@ -194,11 +202,7 @@ func TestLostRetransmissionAfterRTO(t *testing.T) {
 	st := p.a.Stack.Stats().TCP
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, tg := range d.targets {
-		if want := tg.drops + 1; tg.sent != want {
-			t.Errorf("segment at offset %d: %d transmissions, want %d", tg.off, tg.sent, want)
-		}
-	}
+	d.checkSent(t)
 	if tg := d.targets[1]; len(tg.rtos) == 4 && tg.rtos[3] != 1 {
 		t.Errorf("segment at offset %d: last transmission after %d RTOs, want 1 (RTO counts at its transmissions %v)", tg.off, tg.rtos[3], tg.rtos)
 	}
