@@ -4,7 +4,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os/exec"
 	"regexp"
@@ -42,31 +41,10 @@ func TestCongestionControl(t *testing.T) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+30)*time.Second)
 		defer cancel()
-		// The server refuses a test while it still winds down the
-		// previous one ("the server is busy"): retry a few times, during
-		// included (it only reads ss).
-		for try := 0; ; try++ {
-			cmd := tp.cont.Command(ctx, "iperf3", "-c", "198.18.0.2", "-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(secs), "-R", "-J")
-			var stdout strings.Builder
-			cmd.Stdout = &stdout
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			if during != nil {
-				during()
-			}
-			err := cmd.Wait()
-			var r iperfResult
-			jerr := json.Unmarshal([]byte(stdout.String()), &r)
-			if jerr == nil && strings.Contains(r.Error, "busy") && try < 10 {
-				time.Sleep(200 * time.Millisecond)
-				continue
-			}
-			if jerr != nil || err != nil || r.Error != "" {
-				t.Fatalf("iperf3 -R: %v %v %s %s", err, jerr, r.Error, tail(stdout.String(), 1000))
-			}
-			return r.End.SumReceived.BitsPerSecond / 1e6
-		}
+		// during only reads ss: a retry may replay it.
+		args := []string{"-c", "198.18.0.2", "-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(secs), "-R", "-J"}
+		r := runIperf3(t, ctx, tp.cont, args, during, true)
+		return r.End.SumReceived.BitsPerSecond / 1e6
 	}
 	results := map[string]float64{}
 	for _, alg := range []string{"reno", "cubic", "bbr"} {

@@ -4,7 +4,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math"
 	"os/exec"
@@ -97,35 +96,7 @@ func iperf(t *testing.T, a *testbed.Netns, addr string, secs int, during func())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+20)*time.Second)
 	defer cancel()
 	args := []string{"-c", addr, "-p", fmt.Sprint(iperfPort), "-t", fmt.Sprint(secs), "-J", "-C", "cubic"}
-	var r iperfResult
-	var err error
-	// The server refuses a test while it still winds down the previous
-	// one ("the server is busy"): retry a few times.
-	for try := 0; ; try++ {
-		cmd := a.Command(ctx, "iperf3", args...)
-		var stdout strings.Builder
-		cmd.Stdout = &stdout
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		if during != nil {
-			during()
-		}
-		err = cmd.Wait()
-		r = iperfResult{}
-		if jerr := json.Unmarshal([]byte(stdout.String()), &r); jerr != nil {
-			t.Fatalf("iperf3 %s: %v; output not JSON (%v): %s", strings.Join(args, " "), err, jerr, tail(stdout.String(), 2000))
-		}
-		// A retry cannot replay what during did to the first attempt.
-		if !strings.Contains(r.Error, "busy") || during != nil || try == 10 {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if err != nil || r.Error != "" {
-		t.Fatalf("iperf3 %s: %v: %s", strings.Join(args, " "), err, r.Error)
-	}
-	return r
+	return runIperf3(t, ctx, a, args, during, false)
 }
 
 // TestEmulate runs router mode with --emulate and changes the emulation

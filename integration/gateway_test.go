@@ -67,6 +67,40 @@ type iperfResult struct {
 	} `json:"end"`
 }
 
+// runIperf3 runs iperf3 with args (add -J) in ns until ctx ends, calling
+// during, if set, while it runs, and returns its JSON result; it fails t
+// if iperf3 fails. The server refuses a test while it still winds down the
+// previous one ("the server is busy"): that is retried a few times, with
+// during only if replayDuring (a retry cannot replay what a during that
+// changes something did to the first attempt).
+func runIperf3(t *testing.T, ctx context.Context, ns *testbed.Netns, args []string, during func(), replayDuring bool) iperfResult {
+	t.Helper()
+	for try := 0; ; try++ {
+		cmd := ns.Command(ctx, "iperf3", args...)
+		var stdout strings.Builder
+		cmd.Stdout = &stdout
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if during != nil {
+			during()
+		}
+		err := cmd.Wait()
+		var r iperfResult
+		if jerr := json.Unmarshal([]byte(stdout.String()), &r); jerr != nil {
+			t.Fatalf("iperf3 %s: %v; output not JSON (%v): %s", strings.Join(args, " "), err, jerr, tail(stdout.String(), 2000))
+		}
+		if strings.Contains(r.Error, "busy") && try < 10 && (during == nil || replayDuring) {
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		if err != nil || r.Error != "" {
+			t.Fatalf("iperf3 %s: %v: %s", strings.Join(args, " "), err, r.Error)
+		}
+		return r
+	}
+}
+
 func TestIperf3(t *testing.T) {
 	tp := newTopo(t, topoOpts{iperf: true})
 	for _, fam := range []struct{ name, addr string }{{"v4", "198.18.0.2"}, {"v6", "fd00:198:18::2"}} {
@@ -78,25 +112,7 @@ func TestIperf3(t *testing.T) {
 				args := append([]string{"-c", fam.addr, "-p", fmt.Sprint(iperfPort), "-t", "2", "-J"}, dir.extra...)
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
-				var out []byte
-				var err error
-				var r iperfResult
-				// The server refuses a test while it still winds down the
-				// previous one ("the server is busy"): retry a few times.
-				for try := 0; ; try++ {
-					out, err = tp.cont.Command(ctx, "iperf3", args...).Output()
-					r = iperfResult{}
-					if jerr := json.Unmarshal(out, &r); jerr != nil {
-						t.Fatalf("iperf3 %s: %v; output not JSON (%v): %s", strings.Join(args, " "), err, jerr, tail(string(out), 2000))
-					}
-					if !strings.Contains(r.Error, "busy") || try == 10 {
-						break
-					}
-					time.Sleep(200 * time.Millisecond)
-				}
-				if err != nil || r.Error != "" {
-					t.Fatalf("iperf3 %s: %v: %s", strings.Join(args, " "), err, r.Error)
-				}
+				r := runIperf3(t, ctx, tp.cont, args, nil, false)
 				s, rcv := r.End.SumSent, r.End.SumReceived
 				t.Logf("sent %d bytes, received %d bytes, %.2f Gbit/s", s.Bytes, rcv.Bytes, rcv.BitsPerSecond/1e9)
 				if s.Bytes == 0 || rcv.BitsPerSecond == 0 {
