@@ -432,9 +432,11 @@ func (e *Endpoint) readBatch() (done bool, reads int, fatal error) {
 		var n int
 		var err error
 		if e.dev.VnetHdr {
-			n, err = unix.Readv(e.fd, [][]byte{e.hdrBuf[:], buf})
+			iov := [2]unix.Iovec{iovec(e.hdrBuf[:]), iovec(buf)}
+			n, err = rawIO(unix.SYS_READV, e.fd, iov[:])
 		} else {
-			n, err = unix.Read(e.fd, buf)
+			iov := [1]unix.Iovec{iovec(buf)}
+			n, err = rawIO(unix.SYS_READV, e.fd, iov[:])
 		}
 		switch {
 		case err == unix.EAGAIN || err == unix.EINTR:
@@ -555,17 +557,17 @@ func completeChecksum(b []byte, start, offset int) {
 func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	var hdr [vnetHdrLen]byte
-	iov := make([][]byte, 0, 8)
+	var iovArr [16]unix.Iovec
 	for _, pkt := range pkts.AsSlice() {
-		iov = iov[:0]
+		iov := iovArr[:0]
 		if e.dev.VnetHdr {
 			h := e.txHeader(pkt)
 			h.encode(hdr[:])
-			iov = append(iov, hdr[:])
+			iov = append(iov, iovec(hdr[:]))
 		}
-		iov = append(iov, pkt.AsSlices()...)
+		iov = appendIovecs(iov, pkt)
 		size := pkt.Size()
-		_, err := unix.Writev(e.fd, iov)
+		_, err := rawIO(unix.SYS_WRITEV, e.fd, iov)
 		switch {
 		case err == nil:
 			e.stats.TxPackets.Add(1)
@@ -646,4 +648,47 @@ func (e *Endpoint) SetKernelFilter(progFD int) error {
 		return fmt.Errorf("tun %s: attach filter program: %w", e.dev.Name, errno)
 	}
 	return nil
+}
+
+// rawIO is readv(2) or writev(2) on the non-blocking TUN descriptor as a raw
+// system call: the goroutine keeps its P through the call. unix.Readv and
+// unix.Writev enter the scheduler's syscall state, and a P taken away there
+// is a hand-off to another thread on the way back. A non-blocking TUN read
+// or write returns promptly (a write runs the receiving kernel's protocol
+// work: tens of microseconds at most).
+func rawIO(trap uintptr, fd int, iov []unix.Iovec) (int, error) {
+	if len(iov) == 0 {
+		return 0, unix.EINVAL
+	}
+	r, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(r), nil
+}
+
+// appendIovecs appends pkt's bytes from its first header on, one iovec per
+// view, without allocating (PacketBuffer.AsSlices makes a slice a packet).
+func appendIovecs(iov []unix.Iovec, pkt *stack.PacketBuffer) []unix.Iovec {
+	vl, off := pkt.AsViewList()
+	for v := vl.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		b = b[off:]
+		off = 0
+		if len(b) > 0 {
+			iov = append(iov, iovec(b))
+		}
+	}
+	return iov
+}
+
+// iovec describes b, which must not be empty.
+func iovec(b []byte) unix.Iovec {
+	v := unix.Iovec{Base: &b[0]}
+	v.SetLen(len(b))
+	return v
 }
