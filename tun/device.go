@@ -18,6 +18,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsappliance/appliance/internal/unpolled"
 )
 
 // Config describes the device to create. The zero value of each field is
@@ -160,8 +162,12 @@ func open(name string, disableOffload bool) (*Device, error) {
 			break
 		}
 	}
+	f, err := unpolled.File(fd, "/dev/net/tun:"+ifr.Name())
+	if err != nil {
+		return nil, fmt.Errorf("tun %q: %w", name, err)
+	}
 	return &Device{
-		File:     os.NewFile(uintptr(fd), "/dev/net/tun:"+ifr.Name()),
+		File:     f,
 		Name:     ifr.Name(),
 		VnetHdr:  true,
 		Offloads: offloads,
@@ -186,10 +192,26 @@ func openWater(name string) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create tun %q: %w", name, err)
 	}
-	f, ok := ifce.ReadWriteCloser.(*os.File)
+	wf, ok := ifce.ReadWriteCloser.(*os.File)
 	if !ok {
 		ifce.Close()
 		return nil, fmt.Errorf("create tun %q: water returned %T, not a file", name, ifce.ReadWriteCloser)
+	}
+	// water's os.OpenFile put the descriptor in Go's poller: keep a
+	// duplicate outside it (see package unpolled) and close water's.
+	rc, err := wf.SyscallConn()
+	if err != nil {
+		wf.Close()
+		return nil, fmt.Errorf("create tun %q: %w", name, err)
+	}
+	fd, err := unpolled.Dup(rc)
+	wf.Close()
+	if err != nil {
+		return nil, fmt.Errorf("create tun %q: %w", name, err)
+	}
+	f, err := unpolled.File(fd, "/dev/net/tun:"+ifce.Name())
+	if err != nil {
+		return nil, fmt.Errorf("create tun %q: %w", name, err)
 	}
 	return &Device{File: f, Name: ifce.Name()}, nil
 }

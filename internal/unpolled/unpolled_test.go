@@ -1,0 +1,94 @@
+package unpolled
+
+import (
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func nonblocking(t *testing.T, fd int) bool {
+	t.Helper()
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fl&unix.O_NONBLOCK != 0
+}
+
+// TestFile: a non-blocking descriptor wrapped by File stays non-blocking
+// and is not in the netpoller (a polled file takes deadlines; an unpolled
+// one answers os.ErrNoDeadline), where os.NewFile would have put it there.
+func TestFile(t *testing.T) {
+	fds := make([]int, 2)
+	if err := unix.Pipe2(fds, unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	polled := os.NewFile(uintptr(fds[1]), "polled")
+	defer polled.Close()
+	if err := polled.SetDeadline(time.Now().Add(time.Hour)); err != nil {
+		t.Fatalf("os.NewFile of a non-blocking pipe: deadline: %v (the check below would prove nothing)", err)
+	}
+
+	f, err := File(fds[0], "pipe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.SetDeadline(time.Now().Add(time.Hour)); !errors.Is(err, os.ErrNoDeadline) {
+		t.Fatalf("deadline on an unpolled file: %v, want os.ErrNoDeadline", err)
+	}
+	if !nonblocking(t, fds[0]) {
+		t.Fatal("File left the descriptor blocking")
+	}
+	// The raw read runs once and reports EAGAIN instead of waiting.
+	rc, err := f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rerr error
+	if err := rc.Read(func(fd uintptr) bool {
+		_, rerr = unix.Read(int(fd), make([]byte, 1))
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if rerr != unix.EAGAIN {
+		t.Fatalf("read of an empty pipe: %v, want EAGAIN", rerr)
+	}
+}
+
+// TestDup: the duplicate outlives the original and refers to the same
+// pipe.
+func TestDup(t *testing.T) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	w := os.NewFile(uintptr(p[1]), "w")
+	r := os.NewFile(uintptr(p[0]), "r")
+	defer r.Close()
+	rc, err := w.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := Dup(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	f, err := File(fd, "dup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte("x")); err != nil {
+		t.Fatalf("write through the duplicate after closing the original: %v", err)
+	}
+	b := make([]byte, 1)
+	if n, err := r.Read(b); n != 1 || b[0] != 'x' {
+		t.Fatalf("read %d %q %v, want x", n, b[:n], err)
+	}
+}
