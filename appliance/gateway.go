@@ -93,13 +93,19 @@ type Gateway struct {
 	tcpMemRefused tcpip.StatCounter
 }
 
+// hostAddrs is what Sockets shows of a flow's host socket.
+type hostAddrs interface {
+	LocalAddr() net.Addr
+	RemoteAddr() net.Addr
+}
+
 // flow is one active relay; close tears it down from outside. ep and host,
 // when set, are its two sockets (for Sockets).
 type flow struct {
 	proto proto
 	close func()
 	ep    tcpip.Endpoint
-	host  net.Conn
+	host  hostAddrs
 }
 
 // NewGateway validates opts, builds a netstack with ep as its promiscuous,
@@ -147,7 +153,7 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 		pingSem: make(chan struct{}, maxConcurrentPings),
 	}
 	g.outcomes = s.Outcomes().Link(NICName)
-	if g.poller, err = newHostPoller(); err != nil {
+	if g.poller, err = newHostPoller(opts.HostPoll == nil); err != nil {
 		cancel()
 		s.Destroy()
 		return nil, fmt.Errorf("gateway: %w", err)

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -72,6 +73,10 @@ func TestTCPRelayReaderHostPoll(t *testing.T) {
 	n := newTestNet(t, opts, true)
 	if hp.PollFD() < 0 {
 		t.Fatal("PollFD() < 0 after NewGateway: not bound")
+	}
+	// The reader waits for the epoll instance: Go's poller must not.
+	if err := n.gw.poller.file.SetDeadline(time.Now().Add(time.Hour)); !errors.Is(err, os.ErrNoDeadline) {
+		t.Errorf("the reader-served epoll instance takes deadlines (%v): it is in Go's netpoller", err)
 	}
 	var serviced atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())

@@ -8,22 +8,27 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nsappliance/appliance/internal/unpolled"
 )
 
 // hostPoller watches the relays' host sockets with one edge-triggered
 // epoll instance and one goroutine, so an idle relay needs no goroutine
 // parked in Go's poller. Events go to tcpRelay.hostEvent, keyed by relay
 // id: an event for a relay already removed finds nothing and is dropped.
-// The sockets stay in Go's own poller too (net.Conn), which is harmless:
-// the relay reads and writes them without waiting.
+// The sockets are taken out of Go's own poller (hostSock): nothing waits
+// for them there, and each of their events would wake a thread for
+// nothing.
 //
-// The epoll descriptor itself is pollable, so the goroutine waits for it
-// in Go's poller (os.File + RawConn) rather than blocking a thread in
-// epoll_wait: an event then wakes it as any network goroutine is woken,
-// without a thread coming back from a blocking syscall to find a P.
+// Served by its own goroutine (run), the epoll descriptor is in Go's
+// poller, so the goroutine waits for it there (os.File + RawConn) rather
+// than blocking a thread in epoll_wait: an event then wakes it as any
+// network goroutine is woken, without a thread coming back from a
+// blocking syscall to find a P. Served by a TUN reader (ReaderHostPoll),
+// it is not.
 type hostPoller struct {
 	epfd int
-	file *os.File // epfd, registered with Go's poller
+	file *os.File // epfd; in Go's poller only when run serves it
 	rc   syscall.RawConn
 
 	mu sync.Mutex
@@ -42,16 +47,25 @@ type hostPoller struct {
 	events   []unix.EpollEvent // service's, owned by the reader
 }
 
-func newHostPoller() (*hostPoller, error) {
+// newHostPoller makes the epoll instance. polled puts it in Go's netpoller,
+// for run to wait on; a poller a TUN reader serves (ReaderHostPoll) stays
+// out of it, or every host event would also wake a thread parked in the
+// runtime's epoll_wait (see package unpolled).
+func newHostPoller(polled bool) (*hostPoller, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("host poller: epoll_create1: %w", err)
 	}
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		unix.Close(epfd)
-		return nil, fmt.Errorf("host poller: nonblock: %w", err)
+	var f *os.File
+	if polled {
+		if err := unix.SetNonblock(epfd, true); err != nil {
+			unix.Close(epfd)
+			return nil, fmt.Errorf("host poller: nonblock: %w", err)
+		}
+		f = os.NewFile(uintptr(epfd), "host-epoll")
+	} else if f, err = unpolled.File(epfd, "host-epoll"); err != nil {
+		return nil, fmt.Errorf("host poller: %w", err)
 	}
-	f := os.NewFile(uintptr(epfd), "host-epoll")
 	rc, err := f.SyscallConn()
 	if err != nil {
 		f.Close()

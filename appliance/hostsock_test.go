@@ -2,9 +2,11 @@ package appliance
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -16,22 +18,21 @@ import (
 func hostSocketOptions(t *testing.T, g *Gateway) [][4]int {
 	t.Helper()
 	g.mu.Lock()
-	var hosts []*net.TCPConn
+	var hosts []*hostSock
 	for f := range g.flows {
-		if h, ok := f.host.(*net.TCPConn); ok && f.proto == protoTCP {
+		if h, ok := f.host.(*hostSock); ok && f.proto == protoTCP {
 			hosts = append(hosts, h)
 		}
 	}
 	g.mu.Unlock()
 	var out [][4]int
 	for _, h := range hosts {
-		rc, err := h.SyscallConn()
-		if err != nil {
-			t.Fatal(err)
+		if err := h.f.SetDeadline(time.Now().Add(time.Hour)); !errors.Is(err, os.ErrNoDeadline) {
+			t.Errorf("host socket %v takes deadlines (%v): it is in Go's netpoller", h.remote, err)
 		}
 		var v [4]int
-		var gerr error
-		rc.Control(func(fd uintptr) {
+		var err, gerr error
+		h.rc.Control(func(fd uintptr) {
 			for i, o := range [][2]int{{unix.SOL_SOCKET, unix.SO_KEEPALIVE}, {unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
 				{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL}, {unix.IPPROTO_TCP, unix.TCP_NODELAY}} {
 				if v[i], err = unix.GetsockoptInt(int(fd), o[0], o[1]); err != nil {

@@ -118,7 +118,7 @@ type tcpRelay struct {
 	f    *flow
 	ep   tcpip.Endpoint
 	wq   *waiter.Queue
-	host *net.TCPConn
+	host *hostSock
 	rc   syscall.RawConn
 	id   uint64 // key in the host poller
 
@@ -136,18 +136,17 @@ type tcpRelay struct {
 // and hostKeepAlive (dialHost's Dialer, publish's ListenConfig): setting
 // them again cost five setsockopt calls per connection.
 func (g *Gateway) relayTCP(ep tcpip.Endpoint, wq *waiter.Queue, h *net.TCPConn) {
-	r := &tcpRelay{g: g, ep: ep, wq: wq, host: h}
-	rc, err := h.SyscallConn()
+	hs, err := detachHost(h)
 	if err != nil {
+		g.debug("relay: host socket", "err", err)
 		ep.Abort()
-		abortHost(h)
 		return
 	}
-	r.rc = rc
-	r.f = &flow{proto: protoTCP, close: r.abort, ep: ep, host: h}
+	r := &tcpRelay{g: g, ep: ep, wq: wq, host: hs, rc: hs.rc}
+	r.f = &flow{proto: protoTCP, close: r.abort, ep: ep, host: hs}
 	if _, ok := g.addFlowWith(r.f); !ok {
 		ep.Abort()
-		abortHost(h)
+		hs.abort()
 		return
 	}
 	r.entry.Init(r, waiter.ReadableEvents|waiter.WritableEvents|waiter.EventHUp|waiter.EventErr)
@@ -579,7 +578,7 @@ func (r *tcpRelay) finish(err error) {
 		r.g.hostPoller().remove(r)
 		if err != nil {
 			r.ep.Abort()
-			abortHost(r.host)
+			r.host.abort()
 		} else {
 			r.ep.Close()
 			r.host.Close()

@@ -1,7 +1,6 @@
 package appliance
 
 import (
-	"net"
 	"net/netip"
 	"sort"
 
@@ -88,7 +87,7 @@ var tcpStates = map[tcp.EndpointState]string{
 // Sockets lists netstack's TCP and UDP sockets with the host socket each
 // relays to, sorted by protocol and address.
 func (g *Gateway) Sockets() []Socket {
-	hosts := map[tcpip.Endpoint]net.Conn{}
+	hosts := map[tcpip.Endpoint]hostAddrs{}
 	g.mu.Lock()
 	for f := range g.flows {
 		if f.ep != nil && f.host != nil {
