@@ -46,9 +46,9 @@ func TestLinkBatchQueue(t *testing.T) {
 
 // TestLinkBatchRelay: with the link's deliveries bracketed by a LinkBatch
 // (as the TUN reader does) and deferred TCP processing with its ACKs owed
-// until the batch's work ran (patches 0004, 0021), small requests go to the
-// host inline on the delivering goroutine, and both request/response
-// exchanges and a bulk echo (workers) arrive intact.
+// until the batch's work ran (patches 0004, 0021), container data goes to
+// the host inline on the delivering goroutine, and both request/response
+// exchanges and a bulk echo arrive intact.
 func TestLinkBatchRelay(t *testing.T) {
 	tcp.SetDeferredProcessing(true)
 	t.Cleanup(func() { tcp.SetDeferredProcessing(false) })
@@ -96,7 +96,8 @@ func TestLinkBatchRelay(t *testing.T) {
 		t.Fatalf("only %d of 200 requests were relayed inline by the batch; want most", ran)
 	}
 
-	// Bulk: more than inlineUpMax at a time goes to workers.
+	// Bulk: relayed inline as well (a worker takes over only when a pass
+	// is interrupted), and the reverse direction by workers.
 	l := hostServer(t, readAllThenEcho)
 	c2, err := n.dial(ctx, gwAddr(tcpPort(l)))
 	if err != nil {
