@@ -426,7 +426,9 @@ func (e *Endpoint) readBatch() (done bool, reads int, fatal error) {
 	}()
 	for ; reads < e.budget; reads++ {
 		if e.view == nil {
-			e.view = buffer.NewViewSize(maxPacket)
+			// Not cleared (patch 0034): the read fills it, and a
+			// packet taken from it is cut to what was read.
+			e.view = buffer.NewViewSizeUninit(maxPacket)
 		}
 		buf := e.view.AsSlice()
 		var n int

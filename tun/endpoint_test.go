@@ -1,6 +1,7 @@
 package tun
 
 import (
+	"bytes"
 	"os"
 	"testing"
 	"time"
@@ -183,5 +184,80 @@ func TestAppendIovecs(t *testing.T) {
 	}
 	if len(iov) < 2 {
 		t.Fatalf("got %d iovecs, want one per view (at least 2)", len(iov))
+	}
+}
+
+// dirtyPool returns chunks of size filled with 0xAA to the buffer pools,
+// so a view that is handed out uncleared shows them.
+func dirtyPool(size int) {
+	for range 8 {
+		v := buffer.NewViewSize(size)
+		b := v.AsSlice()
+		for i := range b {
+			b[i] = 0xAA
+		}
+		v.Release()
+	}
+}
+
+// TestUnclearedViews covers gVisor patch 0034: the views a copy or a read
+// fills are not cleared first, and never expose a byte nobody wrote.
+func TestUnclearedViews(t *testing.T) {
+	// A read buffer: NewViewSizeUninit, cut to what was "read".
+	stale := false
+	for i := 0; i < 100 && !stale; i++ { // sync.Pool may drop items (-race)
+		dirtyPool(maxPacket)
+		v := buffer.NewViewSizeUninit(maxPacket)
+		if v.Size() != maxPacket {
+			t.Fatalf("NewViewSizeUninit(%d).Size() = %d", maxPacket, v.Size())
+		}
+		stale = v.AsSlice()[maxPacket-1] == 0xAA
+		copy(v.AsSlice(), "packet")
+		v.CapLength(6)
+		if string(v.AsSlice()) != "packet" {
+			t.Fatalf("cut view holds %q", v.AsSlice())
+		}
+		v.Release()
+	}
+	if !stale {
+		t.Error("NewViewSizeUninit never returned a pooled chunk uncleared: the clear is still there")
+	}
+
+	// TCP's payload: WriteFromReaderAndLimitedReader holds exactly what
+	// it copied, whatever the pool held.
+	for _, size := range []int{100, maxPacket + 7, 3*maxPacket + 1} {
+		want := make([]byte, size)
+		for i := range want {
+			want[i] = byte(i % 251)
+		}
+		dirtyPool(maxPacket)
+		var b buffer.Buffer
+		n, err := b.WriteFromReaderAndLimitedReader(bytes.NewReader(want), int64(size), nil)
+		if err != nil || n != int64(size) || int(b.Size()) != size {
+			t.Fatalf("size %d: wrote %d, %v; buffer holds %d", size, n, err, b.Size())
+		}
+		if got := b.Flatten(); !bytes.Equal(got, want) {
+			t.Fatalf("size %d: buffer differs from what was copied", size)
+		}
+		b.Release()
+	}
+	// And its views are not cleared first: growing one (which nothing
+	// does to them) shows the pool's bytes.
+	stale = false
+	for i := 0; i < 100 && !stale; i++ {
+		dirtyPool(1024)
+		var b buffer.Buffer
+		// 1000 bytes in a 1 KiB chunk from the pool dirtyPool filled.
+		if _, err := b.WriteFromReaderAndLimitedReader(bytes.NewReader(make([]byte, 1000)), 1000, nil); err != nil {
+			t.Fatal(err)
+		}
+		vl := b.AsViewList()
+		v := vl.Back()
+		v.Grow(1)
+		stale = v.AsSlice()[1000] == 0xAA
+		b.Release()
+	}
+	if !stale {
+		t.Error("WriteFromReaderAndLimitedReader's views are still cleared before the copy")
 	}
 }
