@@ -194,7 +194,7 @@ func (p *hostPoller) add(r *tcpRelay) error {
 	p.relays[id] = r
 	p.mu.Unlock()
 	var err error
-	cerr := r.rc.Control(func(fd uintptr) {
+	cerr := r.host.rc.Control(func(fd uintptr) {
 		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET}
 		setID(&ev, id)
 		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
@@ -224,7 +224,7 @@ func (p *hostPoller) remove(r *tcpRelay) {
 	if closed {
 		return // the epoll instance is gone (its number may be reused)
 	}
-	_ = r.rc.Control(func(fd uintptr) {
+	_ = r.host.rc.Control(func(fd uintptr) {
 		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 	})
 }

@@ -119,7 +119,6 @@ type tcpRelay struct {
 	ep   tcpip.Endpoint
 	wq   *waiter.Queue
 	host *hostSock
-	rc   syscall.RawConn
 	id   uint64 // key in the host poller
 
 	entry    waiter.Entry
@@ -142,7 +141,7 @@ func (g *Gateway) relayTCP(ep tcpip.Endpoint, wq *waiter.Queue, h *net.TCPConn) 
 		ep.Abort()
 		return
 	}
-	r := &tcpRelay{g: g, ep: ep, wq: wq, host: hs, rc: hs.rc}
+	r := &tcpRelay{g: g, ep: ep, wq: wq, host: hs}
 	r.f = &flow{proto: protoTCP, close: r.abort, ep: ep, host: hs}
 	if _, ok := g.addFlowWith(r.f); !ok {
 		ep.Abort()
@@ -326,7 +325,7 @@ func (r *tcpRelay) pumpUp() error {
 		}
 		var w hostWriter
 		var terr tcpip.Error
-		if err := r.rc.Write(func(fd uintptr) bool {
+		if err := r.host.rc.Write(func(fd uintptr) bool {
 			w.fd = int(fd)
 			_, terr = r.ep.Read(&w, tcpip.ReadOptions{})
 			w.flush()
@@ -464,7 +463,7 @@ func (w *hostWriter) release() {
 func (r *tcpRelay) writeHost(d *relayDir) error {
 	var n int
 	var werr error
-	err := r.rc.Write(func(fd uintptr) bool {
+	err := r.host.rc.Write(func(fd uintptr) bool {
 		n, werr = unix.Write(int(fd), (*d.pending)[d.off:d.n])
 		return true
 	})
@@ -526,7 +525,7 @@ func (r *tcpRelay) pumpDown(reads int) (more bool, err error) {
 		var bp *[]byte
 		var n int
 		var rerr error
-		err = r.rc.Read(func(fd uintptr) bool {
+		err = r.host.rc.Read(func(fd uintptr) bool {
 			bp = relayBufs.Get().(*[]byte)
 			n, rerr = unix.Read(int(fd), *bp)
 			return true
