@@ -431,15 +431,12 @@ func (e *Endpoint) readBatch() (done bool, reads int, fatal error) {
 			e.view = buffer.NewViewSizeUninit(maxPacket)
 		}
 		buf := e.view.AsSlice()
-		var n int
-		var err error
-		if e.dev.VnetHdr {
-			iov := [2]unix.Iovec{iovec(e.hdrBuf[:]), iovec(buf)}
-			n, err = rawIO(unix.SYS_READV, e.fd, iov[:])
-		} else {
-			iov := [1]unix.Iovec{iovec(buf)}
-			n, err = rawIO(unix.SYS_READV, e.fd, iov[:])
+		iov := [2]unix.Iovec{iovec(e.hdrBuf[:]), iovec(buf)}
+		vec := iov[:]
+		if !e.dev.VnetHdr {
+			vec = iov[1:] // no virtio-net header in front
 		}
+		n, err := rawIO(unix.SYS_READV, e.fd, vec)
 		switch {
 		case err == unix.EAGAIN || err == unix.EINTR:
 			return false, reads, nil
