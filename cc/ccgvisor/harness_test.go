@@ -68,6 +68,24 @@ func fixedPair(t *testing.T, wrap func(stack.LinkEndpoint) stack.LinkEndpoint, m
 	return p
 }
 
+// bulkFixedPair is a pair whose sender keeps a fixed cwnd of 120 segments
+// across a 100 Mbit/s link with a 10 ms RTT (queue limit 1000): bulk GSO
+// transfers that stay cwnd-limited and ACK-clocked. wrap and wrapB are as
+// in pairOpts; the sender writes 128 KiB at a time.
+func bulkFixedPair(t *testing.T, wrap, wrapB func(stack.LinkEndpoint) stack.LinkEndpoint) *pair {
+	t.Helper()
+	reg := registry(t, map[string]cc.Factory{"fixed": func() cc.Algorithm { return &fixed{n: 120} }})
+	p := newPair(t, pairOpts{
+		reg:     reg,
+		ccName:  "fixed",
+		emulate: emulate.Spec{Delay: 5 * time.Millisecond, Rate: 100_000_000, Limit: 1000},
+		wrap:    wrap,
+		wrapB:   wrapB,
+	})
+	p.writeSize = 128 << 10
+	return p
+}
+
 func newPair(t testing.TB, o pairOpts) *pair {
 	t.Helper()
 	if o.mtu == 0 {

@@ -5,9 +5,6 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-
-	"github.com/nsappliance/appliance/cc"
-	"github.com/nsappliance/appliance/emulate"
 )
 
 // TestRecoveryNewDataGSO: in SACK recovery an unpaced sender sends new
@@ -24,18 +21,11 @@ func TestRecoveryNewDataGSO(t *testing.T) {
 		d.targets = append(d.targets, &dropTarget{off: off, drops: 1})
 	}
 	g := &gsoLink{}
-	reg := registry(t, map[string]cc.Factory{"fixed": func() cc.Algorithm { return &fixed{n: 120} }})
-	p := newPair(t, pairOpts{
-		reg:     reg,
-		ccName:  "fixed",
-		emulate: emulate.Spec{Delay: 5 * time.Millisecond, Rate: 100_000_000, Limit: 1000},
-		wrap: func(l stack.LinkEndpoint) stack.LinkEndpoint {
-			d.LinkEndpoint = l
-			g.LinkEndpoint = d
-			return g
-		},
-	})
-	p.writeSize = 128 << 10
+	p := bulkFixedPair(t, func(l stack.LinkEndpoint) stack.LinkEndpoint {
+		d.LinkEndpoint = l
+		g.LinkEndpoint = d
+		return g
+	}, nil)
 	p.transfer(t, 0, 1500*time.Millisecond, nil)
 	st := p.a.Stack.Stats().TCP
 	g.mu.Lock()

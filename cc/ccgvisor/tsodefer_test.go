@@ -10,9 +10,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-
-	"github.com/nsappliance/appliance/cc"
-	"github.com/nsappliance/appliance/emulate"
 )
 
 // ackSplitter wraps b's link and splits each pure ACK that acknowledges
@@ -109,21 +106,13 @@ func (a *ackSplitter) split(pkt *stack.PacketBuffer) []*stack.PacketBuffer {
 func TestTSODefer(t *testing.T) {
 	g := &gsoLink{}
 	acks := &ackSplitter{mss: 1448}
-	reg := registry(t, map[string]cc.Factory{"fixed": func() cc.Algorithm { return &fixed{n: 120} }})
-	p := newPair(t, pairOpts{
-		reg:     reg,
-		ccName:  "fixed",
-		emulate: emulate.Spec{Delay: 5 * time.Millisecond, Rate: 100_000_000, Limit: 1000},
-		wrap: func(l stack.LinkEndpoint) stack.LinkEndpoint {
-			g.LinkEndpoint = l
-			return g
-		},
-		wrapB: func(l stack.LinkEndpoint) stack.LinkEndpoint {
-			acks.LinkEndpoint = l
-			return acks
-		},
+	p := bulkFixedPair(t, func(l stack.LinkEndpoint) stack.LinkEndpoint {
+		g.LinkEndpoint = l
+		return g
+	}, func(l stack.LinkEndpoint) stack.LinkEndpoint {
+		acks.LinkEndpoint = l
+		return acks
 	})
-	p.writeSize = 128 << 10
 	p.transfer(t, 0, 2*time.Second, nil)
 	g.mu.Lock()
 	defer g.mu.Unlock()
