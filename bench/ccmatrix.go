@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,6 +29,12 @@ type MatrixConfig struct {
 	Extra []string
 	// Time is the iperf3 duration per cell; zero means 10s.
 	Time time.Duration
+	// Repeat is the number of rounds; zero means 1. Each round measures
+	// every cell, the kernel's run and ours back to back, so that a burst
+	// of load on the machine meets both sides of a pair; RunCCMatrix
+	// returns one row per cell and side with the rounds' medians
+	// (mergeMatrixRounds).
+	Repeat int
 	// Progress receives one line per step; nil discards.
 	Progress io.Writer
 }
@@ -54,6 +61,9 @@ type MatrixRow struct {
 	NetstackRetransmits     uint64 `json:"netstack_retransmits,omitempty"`
 	NetstackLostRetransmits uint64 `json:"netstack_lost_retransmits,omitempty"`
 	Error                   string `json:"error,omitempty"`
+	// Rounds are the cell's single runs when MatrixConfig.Repeat > 1 (the
+	// row's figures are then their medians), in round order.
+	Rounds []MatrixRow `json:"rounds,omitempty"`
 }
 
 // RunCCMatrix measures every cell, kernel reference first per algorithm.
@@ -89,47 +99,144 @@ func RunCCMatrix(ctx context.Context, mc MatrixConfig) ([]MatrixRow, error) {
 	for _, x := range mc.Extra {
 		cells = append(cells, cell{x, 0, true})
 	}
-	var rows []MatrixRow
-	for _, alg := range mc.Algorithms {
-		for _, c := range cells {
-			for _, mode := range []string{"router", "gateway"} {
-				if ctx.Err() != nil {
-					return rows, ctx.Err()
-				}
-				row := MatrixRow{Stack: "appliance", CC: alg, Emulate: c.spec, Loss: c.loss, Extra: c.extra}
-				if mode == "router" {
-					row.Stack = "kernel"
-					if ok, avail := KernelCC(alg); !ok {
-						row.Error = fmt.Sprintf("kernel has no %s (available: %s)", alg, strings.Join(avail, " "))
-						rows = append(rows, row)
-						continue
+	if mc.Repeat < 1 {
+		mc.Repeat = 1
+	}
+	var rounds [][]MatrixRow
+	for i := range mc.Repeat {
+		if mc.Repeat > 1 {
+			fmt.Fprintf(mc.Progress, "ccmatrix: round %d of %d\n", i+1, mc.Repeat)
+		}
+		var rows []MatrixRow
+		for _, alg := range mc.Algorithms {
+			for _, c := range cells {
+				for _, mode := range []string{"router", "gateway"} {
+					if ctx.Err() != nil {
+						break
 					}
+					rows = append(rows, measureCell(ctx, &mc, alg, c.spec, c.loss, c.extra, mode))
 				}
-				fmt.Fprintf(mc.Progress, "ccmatrix: %s %s %s\n", row.Stack, alg, c.spec)
-				res, err := Run(ctx, Config{Bin: mc.Bin, Mode: mode, CC: alg, Emulate: c.spec, Series: true,
-					Time: mc.Time, Compare: []string{}, MTUs: []int{1500}, Progress: mc.Progress, downOnly: true})
-				if err != nil {
-					row.Error = err.Error()
-				}
-				for _, r := range res {
-					if r.Path != PathAppliance {
-						continue
-					}
-					row.Mbps = r.DownGbps * 1000
-					if r.Down != nil {
-						row.PingMeanMs, row.PingP95Ms, row.Retransmits = r.Down.PingMeanMs, r.Down.PingP95Ms, r.Down.Retransmits
-						row.NetstackTimeouts, row.NetstackSpuriousRTOs = r.Down.NetstackTimeouts, r.Down.NetstackSpuriousRTOs
-						row.NetstackRetransmits, row.NetstackLostRetransmits = r.Down.NetstackRetransmits, r.Down.NetstackLostRetransmits
-					}
-					if len(r.Errors) > 0 {
-						row.Error = strings.Join(r.Errors, "; ")
-					}
-				}
-				rows = append(rows, row)
 			}
 		}
+		if ctx.Err() != nil {
+			if i == 0 {
+				return rows, ctx.Err() // a partial single round as measured
+			}
+			break
+		}
+		rounds = append(rounds, rows)
 	}
-	return rows, nil
+	return mergeMatrixRounds(rounds), ctx.Err()
+}
+
+// measureCell runs one side of one cell: mode router is the kernel's alg,
+// gateway is netstack's.
+func measureCell(ctx context.Context, mc *MatrixConfig, alg, spec string, loss float64, extra bool, mode string) MatrixRow {
+	row := MatrixRow{Stack: "appliance", CC: alg, Emulate: spec, Loss: loss, Extra: extra}
+	if mode == "router" {
+		row.Stack = "kernel"
+		if ok, avail := KernelCC(alg); !ok {
+			row.Error = fmt.Sprintf("kernel has no %s (available: %s)", alg, strings.Join(avail, " "))
+			return row
+		}
+	}
+	fmt.Fprintf(mc.Progress, "ccmatrix: %s %s %s\n", row.Stack, alg, spec)
+	res, err := Run(ctx, Config{Bin: mc.Bin, Mode: mode, CC: alg, Emulate: spec, Series: true,
+		Time: mc.Time, Compare: []string{}, MTUs: []int{1500}, Progress: mc.Progress, downOnly: true})
+	if err != nil {
+		row.Error = err.Error()
+	}
+	for _, r := range res {
+		if r.Path != PathAppliance {
+			continue
+		}
+		row.Mbps = r.DownGbps * 1000
+		if r.Down != nil {
+			row.PingMeanMs, row.PingP95Ms, row.Retransmits = r.Down.PingMeanMs, r.Down.PingP95Ms, r.Down.Retransmits
+			row.NetstackTimeouts, row.NetstackSpuriousRTOs = r.Down.NetstackTimeouts, r.Down.NetstackSpuriousRTOs
+			row.NetstackRetransmits, row.NetstackLostRetransmits = r.Down.NetstackRetransmits, r.Down.NetstackLostRetransmits
+		}
+		if len(r.Errors) > 0 {
+			row.Error = strings.Join(r.Errors, "; ")
+		}
+	}
+	return row
+}
+
+// mergeMatrixRounds turns complete rounds (each the same cells in the same
+// order) into one row per cell and side: a single round as it is, several
+// as the median of each figure over the rounds that measured it (a failed
+// run's 0 left out), the runs kept in Rounds and their errors prefixed
+// with the round.
+func mergeMatrixRounds(rounds [][]MatrixRow) []MatrixRow {
+	if len(rounds) == 0 {
+		return nil
+	}
+	if len(rounds) == 1 {
+		return rounds[0]
+	}
+	out := make([]MatrixRow, len(rounds[0]))
+	for j, first := range rounds[0] {
+		m := MatrixRow{Stack: first.Stack, CC: first.CC, Emulate: first.Emulate, Loss: first.Loss, Extra: first.Extra}
+		var mbps, ping, p95, rtx, rto, spur, nrtx, lost []float64
+		var errs []string
+		for i, round := range rounds {
+			r := round[j]
+			m.Rounds = append(m.Rounds, r)
+			if r.Error != "" {
+				errs = append(errs, fmt.Sprintf("round %d: %s", i+1, r.Error))
+			}
+			if r.Mbps == 0 {
+				continue // failed: its counters mean nothing either
+			}
+			mbps, ping, p95 = append(mbps, r.Mbps), appendMeasured(ping, r.PingMeanMs), appendMeasured(p95, r.PingP95Ms)
+			rtx = append(rtx, float64(r.Retransmits))
+			rto, spur = append(rto, float64(r.NetstackTimeouts)), append(spur, float64(r.NetstackSpuriousRTOs))
+			nrtx, lost = append(nrtx, float64(r.NetstackRetransmits)), append(lost, float64(r.NetstackLostRetransmits))
+		}
+		m.Mbps, m.PingMeanMs, m.PingP95Ms = median(mbps), median(ping), median(p95)
+		m.Retransmits = int(median(rtx))
+		m.NetstackTimeouts, m.NetstackSpuriousRTOs = uint64(median(rto)), uint64(median(spur))
+		m.NetstackRetransmits, m.NetstackLostRetransmits = uint64(median(nrtx)), uint64(median(lost))
+		m.Error = strings.Join(errs, "; ")
+		out[j] = m
+	}
+	return out
+}
+
+// MatrixRatio is the appliance row a's throughput against the kernel row
+// k's of the same cell, with the lowest and highest single ratio: with
+// rounds on both sides the median of the rounds' own ratios (each round's
+// pair measured back to back), else the plain ratio. ok is false when no
+// pair has both figures.
+func MatrixRatio(a, k MatrixRow) (med, lo, hi float64, ok bool) {
+	var rs []float64
+	if len(a.Rounds) > 0 && len(a.Rounds) == len(k.Rounds) {
+		for i := range a.Rounds {
+			if x, y := a.Rounds[i].Mbps, k.Rounds[i].Mbps; x > 0 && y > 0 {
+				rs = append(rs, x/y)
+			}
+		}
+	} else if a.Mbps > 0 && k.Mbps > 0 {
+		rs = append(rs, a.Mbps/k.Mbps)
+	}
+	if len(rs) == 0 {
+		return 0, 0, 0, false
+	}
+	return median(rs), slices.Min(rs), slices.Max(rs), true
+}
+
+// spread is "lo-hi" of the measured (non-zero) Mbit/s of r's rounds, ""
+// without rounds.
+func spread(r MatrixRow) string {
+	var vs []float64
+	for _, x := range r.Rounds {
+		vs = appendMeasured(vs, x.Mbps)
+	}
+	if len(vs) < 2 {
+		return ""
+	}
+	return fmt.Sprintf(" (%.1f-%.1f)", slices.Min(vs), slices.Max(vs))
 }
 
 // WriteMatrix prints rows as a Markdown table: per algorithm and path, the
@@ -145,8 +252,11 @@ func WriteMatrix(w io.Writer, rows []MatrixRow) {
 			i++
 		}
 		ratio := "-"
-		if k.Mbps > 0 && a.Mbps > 0 {
-			ratio = fmt.Sprintf("%.2f", a.Mbps/k.Mbps)
+		if med, lo, hi, ok := MatrixRatio(a, k); ok {
+			ratio = fmt.Sprintf("%.2f", med)
+			if len(a.Rounds) > 1 {
+				ratio += fmt.Sprintf(" (%.2f-%.2f)", lo, hi)
+			}
 		}
 		cellOf := func(r MatrixRow, v string) string {
 			if r.Error != "" && r.Mbps == 0 {
@@ -155,7 +265,7 @@ func WriteMatrix(w io.Writer, rows []MatrixRow) {
 			return v
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %d/%d | %d (%d) / %d / %d |\n", k.CC, k.Emulate,
-			cellOf(k, fmt.Sprintf("%.1f", k.Mbps)), cellOf(a, fmt.Sprintf("%.1f", a.Mbps)), ratio,
+			cellOf(k, fmt.Sprintf("%.1f", k.Mbps)+spread(k)), cellOf(a, fmt.Sprintf("%.1f", a.Mbps)+spread(a)), ratio,
 			fmt.Sprintf("%.1f/%.1f", k.PingMeanMs, k.PingP95Ms), fmt.Sprintf("%.1f/%.1f", a.PingMeanMs, a.PingP95Ms),
 			k.Retransmits, a.Retransmits, a.NetstackTimeouts, a.NetstackSpuriousRTOs, a.NetstackRetransmits, a.NetstackLostRetransmits)
 	}

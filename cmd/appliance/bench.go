@@ -70,7 +70,7 @@ algorithm, netstack's solid and the kernel's dashed.`,
 				return benchConns(cmd, conns, connsKernel, connsProfile, asJSON)
 			}
 			if mx.on {
-				return runCCMatrix(cmd, mx, emulate, dur, cmd.Flags().Changed("time"), asJSON, plot)
+				return runCCMatrix(cmd, mx, emulate, dur, cmd.Flags().Changed("time"), repeat, asJSON, plot)
 			}
 			cfg := bench.Config{Mode: mode, CC: cc, Emulate: emulate, Series: plot != "", Time: dur, RRTime: rrDur, Repeat: repeat, Progress: os.Stderr}
 			if repeat < 1 || repeat > 99 {
@@ -152,7 +152,7 @@ algorithm, netstack's solid and the kernel's dashed.`,
 	fl.StringVar(&emulate, "emulate", "", "link emulation SPEC passed to the appliance (--emulate)")
 	fl.DurationVar(&dur, "time", 5*time.Second, "iperf3 duration per direction (whole seconds)")
 	fl.DurationVar(&rrDur, "rr-time", 2*time.Second, "duration of the RR and of the CRR test")
-	fl.IntVar(&repeat, "repeat", 1, "measure every path this many times, interleaved, and report medians (ratios: the median of each round's own ratio to the kernel path), for a shared, noisy machine")
+	fl.IntVar(&repeat, "repeat", 1, "measure every path this many times, interleaved, and report medians (ratios: the median of each round's own ratio to the kernel path), for a shared, noisy machine; with --cc-matrix, every cell this many times in interleaved rounds (per round each cell's kernel run and netstack's back to back), reporting each side's median and range and the median and range of the rounds' ratios")
 	fl.StringVar(&compare, "compare", strings.Join(bench.ComparePaths, ","), "other paths to measure: "+strings.Join(bench.ComparePaths, ",")+" (comma-separated; missing tools print \"not installed\")")
 	fl.StringVar(&mtus, "mtu", "1500,65520", "MTUs to measure (comma-separated; router mode: 1500)")
 	fl.BoolVar(&asJSON, "json", false, "print the results as JSON instead of a table")

@@ -31,8 +31,17 @@ func (m *matrixFlags) flags(fl *pflag.FlagSet) {
 	fl.StringArrayVar(&m.extra, "cc-extra", nil, "--cc-matrix: another emulation SPEC measured at loss 0, e.g. rate=100mbit,delay=20ms,limit=2000 for RTT inflation (repeatable)")
 }
 
-func runCCMatrix(cmd *cobra.Command, m matrixFlags, emulate string, dur time.Duration, durSet, asJSON bool, plot string) error {
+func runCCMatrix(cmd *cobra.Command, m matrixFlags, emulate string, dur time.Duration, durSet bool, repeat int, asJSON bool, plot string) error {
+	if repeat < 1 || repeat > 99 {
+		return usagef("--repeat %d: want 1..99", repeat)
+	}
+	if durSet && (dur < time.Second || dur%time.Second != 0) {
+		return usagef("--time %v: want whole seconds, at least 1s", dur)
+	}
 	if len(m.from) > 0 {
+		if repeat > 1 {
+			return usagef("--repeat %d: not with --cc-matrix-from (it measures nothing)", repeat)
+		}
 		var rows []bench.MatrixRow
 		for _, f := range m.from {
 			b, err := os.ReadFile(f)
@@ -47,7 +56,7 @@ func runCCMatrix(cmd *cobra.Command, m matrixFlags, emulate string, dur time.Dur
 		}
 		return writeCCMatrix(cmd, rows, asJSON, plot)
 	}
-	mc := bench.MatrixConfig{Emulate: emulate, Extra: m.extra, Progress: os.Stderr}
+	mc := bench.MatrixConfig{Emulate: emulate, Extra: m.extra, Repeat: repeat, Progress: os.Stderr}
 	if durSet {
 		mc.Time = dur
 	}
@@ -78,6 +87,9 @@ func runCCMatrix(cmd *cobra.Command, m matrixFlags, emulate string, dur time.Dur
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rows, err := bench.RunCCMatrix(ctx, mc)
+	if repeat > 1 && !asJSON {
+		fmt.Fprintf(cmd.OutOrStdout(), "bench: --cc-matrix, %d interleaved rounds: medians (range) of each side; appliance/kernel is the median (range) of each round's own ratio\n", repeat)
+	}
 	if werr := writeCCMatrix(cmd, rows, asJSON, plot); werr != nil {
 		return werr
 	}

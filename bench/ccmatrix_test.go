@@ -1,0 +1,61 @@
+package bench
+
+import (
+	"bytes"
+	"math"
+	"strings"
+	"testing"
+)
+
+func TestMergeMatrixRounds(t *testing.T) {
+	round := func(k0, a0, k1, a1 float64) []MatrixRow {
+		return []MatrixRow{
+			{Stack: "kernel", CC: "reno", Emulate: "e", Loss: 0, Mbps: k0, PingMeanMs: 40},
+			{Stack: "appliance", CC: "reno", Emulate: "e", Loss: 0, Mbps: a0, PingMeanMs: 45, NetstackRetransmits: uint64(a0)},
+			{Stack: "kernel", CC: "reno", Emulate: "e,loss=1%", Loss: 1, Mbps: k1},
+			{Stack: "appliance", CC: "reno", Emulate: "e,loss=1%", Loss: 1, Mbps: a1},
+		}
+	}
+	// At loss 1% round 2's kernel run was fast (a burst of luck): the
+	// median of the rounds' ratios (0.8, 0.25, 1.5) is 0.8, where the
+	// ratio of the medians (6 / 5) would be 1.2. Round 3's appliance run
+	// at loss 0 failed: its 0 is left out of the median and the ratios.
+	rounds := [][]MatrixRow{round(94, 90, 5, 4), round(90, 80, 20, 5), round(92, 0, 4, 6)}
+	rounds[2][1].Error = "iperf3: boom"
+	got := mergeMatrixRounds(rounds)
+	if len(got) != 4 {
+		t.Fatalf("%d rows, want 4", len(got))
+	}
+	for i, want := range []float64{92, 85, 5, 5} {
+		if got[i].Mbps != want {
+			t.Errorf("row %d (%s %s): median %v Mbit/s, want %v", i, got[i].Stack, got[i].Emulate, got[i].Mbps, want)
+		}
+	}
+	if got[1].NetstackRetransmits != 85 || got[1].PingMeanMs != 45 {
+		t.Errorf("appliance loss 0: retrans %d ping %v, want the medians of the measured rounds 85, 45", got[1].NetstackRetransmits, got[1].PingMeanMs)
+	}
+	if len(got[1].Rounds) != 3 || got[1].Error != "round 3: iperf3: boom" {
+		t.Errorf("appliance loss 0: %d rounds, error %q; want 3 and the round's error", len(got[1].Rounds), got[1].Error)
+	}
+	med, lo, hi, ok := MatrixRatio(got[3], got[2])
+	if !ok || med != 0.8 || lo != 0.25 || hi != 1.5 {
+		t.Errorf("MatrixRatio at 1%% = %v (%v-%v) %v, want 0.8 (0.25-1.5) true", med, lo, hi, ok)
+	}
+	med, lo, hi, ok = MatrixRatio(got[1], got[0])
+	if want := (90.0/94 + 80.0/90) / 2; !ok || math.Abs(med-want) > 1e-9 || lo != 80.0/90 || hi != 90.0/94 {
+		t.Errorf("MatrixRatio at 0 = %v (%v-%v), want %v from two rounds", med, lo, hi, want)
+	}
+	if one := mergeMatrixRounds(rounds[:1]); one[3].Mbps != 4 || one[3].Rounds != nil {
+		t.Errorf("one round: %+v, want it as measured", one[3])
+	}
+	if _, _, _, ok := MatrixRatio(MatrixRow{}, got[0]); ok {
+		t.Error("MatrixRatio without an appliance figure: ok")
+	}
+	var b bytes.Buffer
+	WriteMatrix(&b, got)
+	for _, s := range []string{"| 5.0 (4.0-20.0) | 5.0 (4.0-6.0) | 0.80 (0.25-1.50) |", "| 92.0 (90.0-94.0) | 85.0 (80.0-90.0) |"} {
+		if !strings.Contains(b.String(), s) {
+			t.Errorf("table lacks %q:\n%s", s, b.String())
+		}
+	}
+}
