@@ -60,7 +60,12 @@ type MatrixRow struct {
 	NetstackSpuriousRTOs    uint64 `json:"netstack_spurious_rtos,omitempty"`
 	NetstackRetransmits     uint64 `json:"netstack_retransmits,omitempty"`
 	NetstackLostRetransmits uint64 `json:"netstack_lost_retransmits,omitempty"`
-	Error                   string `json:"error,omitempty"`
+	// QueueDrops and Lost are the emulation's queue drops and random
+	// losses during the run (both directions): Lost over the loss rate
+	// estimates the packets sent, so bytes per packet (GSO size) shows.
+	QueueDrops uint64 `json:"queue_drops,omitempty"`
+	Lost       uint64 `json:"lost,omitempty"`
+	Error      string `json:"error,omitempty"`
 	// Rounds are the cell's single runs when MatrixConfig.Repeat > 1 (the
 	// row's figures are then their medians), in round order.
 	Rounds []MatrixRow `json:"rounds,omitempty"`
@@ -155,6 +160,7 @@ func measureCell(ctx context.Context, mc *MatrixConfig, alg, spec string, loss f
 			row.PingMeanMs, row.PingP95Ms, row.Retransmits = r.Down.PingMeanMs, r.Down.PingP95Ms, r.Down.Retransmits
 			row.NetstackTimeouts, row.NetstackSpuriousRTOs = r.Down.NetstackTimeouts, r.Down.NetstackSpuriousRTOs
 			row.NetstackRetransmits, row.NetstackLostRetransmits = r.Down.NetstackRetransmits, r.Down.NetstackLostRetransmits
+			row.QueueDrops, row.Lost = r.Down.QueueDrops, r.Down.Lost
 		}
 		if len(r.Errors) > 0 {
 			row.Error = strings.Join(r.Errors, "; ")
@@ -178,7 +184,7 @@ func mergeMatrixRounds(rounds [][]MatrixRow) []MatrixRow {
 	out := make([]MatrixRow, len(rounds[0]))
 	for j, first := range rounds[0] {
 		m := MatrixRow{Stack: first.Stack, CC: first.CC, Emulate: first.Emulate, Loss: first.Loss, Extra: first.Extra}
-		var mbps, ping, p95, rtx, rto, spur, nrtx, lost []float64
+		var mbps, ping, p95, rtx, rto, spur, nrtx, lost, qd, rl []float64
 		var errs []string
 		for i, round := range rounds {
 			r := round[j]
@@ -193,11 +199,13 @@ func mergeMatrixRounds(rounds [][]MatrixRow) []MatrixRow {
 			rtx = append(rtx, float64(r.Retransmits))
 			rto, spur = append(rto, float64(r.NetstackTimeouts)), append(spur, float64(r.NetstackSpuriousRTOs))
 			nrtx, lost = append(nrtx, float64(r.NetstackRetransmits)), append(lost, float64(r.NetstackLostRetransmits))
+			qd, rl = append(qd, float64(r.QueueDrops)), append(rl, float64(r.Lost))
 		}
 		m.Mbps, m.PingMeanMs, m.PingP95Ms = median(mbps), median(ping), median(p95)
 		m.Retransmits = int(median(rtx))
 		m.NetstackTimeouts, m.NetstackSpuriousRTOs = uint64(median(rto)), uint64(median(spur))
 		m.NetstackRetransmits, m.NetstackLostRetransmits = uint64(median(nrtx)), uint64(median(lost))
+		m.QueueDrops, m.Lost = uint64(median(qd)), uint64(median(rl))
 		m.Error = strings.Join(errs, "; ")
 		out[j] = m
 	}

@@ -13,7 +13,7 @@ func TestMergeMatrixRounds(t *testing.T) {
 			{Stack: "kernel", CC: "reno", Emulate: "e", Loss: 0, Mbps: k0, PingMeanMs: 40},
 			{Stack: "appliance", CC: "reno", Emulate: "e", Loss: 0, Mbps: a0, PingMeanMs: 45, NetstackRetransmits: uint64(a0)},
 			{Stack: "kernel", CC: "reno", Emulate: "e,loss=1%", Loss: 1, Mbps: k1},
-			{Stack: "appliance", CC: "reno", Emulate: "e,loss=1%", Loss: 1, Mbps: a1},
+			{Stack: "appliance", CC: "reno", Emulate: "e,loss=1%", Loss: 1, Mbps: a1, Lost: uint64(10 * a1)},
 		}
 	}
 	// At loss 1% round 2's kernel run was fast (a burst of luck): the
@@ -33,6 +33,9 @@ func TestMergeMatrixRounds(t *testing.T) {
 	}
 	if got[1].NetstackRetransmits != 85 || got[1].PingMeanMs != 45 {
 		t.Errorf("appliance loss 0: retrans %d ping %v, want the medians of the measured rounds 85, 45", got[1].NetstackRetransmits, got[1].PingMeanMs)
+	}
+	if got[3].Lost != 50 {
+		t.Errorf("appliance loss 1%%: lost %d, want the median 50", got[3].Lost)
 	}
 	if len(got[1].Rounds) != 3 || got[1].Error != "round 3: iperf3: boom" {
 		t.Errorf("appliance loss 0: %d rounds, error %q; want 3 and the round's error", len(got[1].Rounds), got[1].Error)
