@@ -1,7 +1,6 @@
 package appliance
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"net"
@@ -96,7 +95,8 @@ type relayDir struct {
 	full atomic.Bool
 	// pending is data read from the source that the destination has not
 	// taken yet: the only buffer a relay holds, and only while its
-	// destination is full.
+	// destination is full. Only up has one: down reads the host socket
+	// straight into netstack's send queue, and only what fits (hostReader).
 	pending *[]byte
 	off, n  int
 	eof     bool // the source ended and the destination was half-closed
@@ -486,76 +486,105 @@ func (r *tcpRelay) writeHost(d *relayDir) error {
 // pumpDown moves host data to the container until the host socket has
 // none (EAGAIN: the edge-triggered poller reports the next arrival; EOF
 // may come with the last data, so it always reads until then) or the
-// endpoint's send buffer is full. With reads > 0 it stops after that many
-// reads that filled the buffer and reports more (the socket may hold
-// more), or when the destination is full with data pending.
+// endpoint's send buffer is full. The data goes from the socket straight
+// into netstack's send queue (hostReader): nothing is read that netstack
+// has no room for, so the direction holds no buffer of its own, and a
+// full send buffer leaves the rest in the host socket, whose window then
+// closes. With reads > 0 it stops after that many writes that took all
+// hostReadMax and reports more (the socket may hold more).
 func (r *tcpRelay) pumpDown(reads int) (more bool, err error) {
 	d := &r.down
 	nreads := 0
 	for !r.closed.Load() {
-		if d.pending != nil {
-			var rd bytes.Reader
-			rd.Reset((*d.pending)[d.off:d.n])
-			n, terr := r.ep.Write(&rd, tcpip.WriteOptions{})
-			d.off += int(n)
-			if d.off >= d.n {
-				r.releasePending(d)
-			}
-			switch terr.(type) {
-			case nil:
-				d.full.Store(false)
-				continue
-			case *tcpip.ErrWouldBlock:
-				// As in pumpUp: from now on writable events kick us;
-				// look once more in case space came meanwhile.
-				if !d.full.Swap(true) {
-					continue
-				}
-				return d.pending != nil, nil
-			default:
-				return false, errors.New(terr.String())
-			}
-		}
 		if d.eof {
 			return false, nil
 		}
 		if reads > 0 && nreads >= reads {
 			return true, nil
 		}
-		var bp *[]byte
-		var n int
-		var rerr error
-		err = r.host.rc.Read(func(fd uintptr) bool {
-			bp = relayBufs.Get().(*[]byte)
-			n, rerr = unix.Read(int(fd), *bp)
+		var hr hostReader
+		var terr tcpip.Error
+		if err := r.host.rc.Read(func(fd uintptr) bool {
+			hr.fd = int(fd)
+			_, terr = r.ep.Write(&hr, tcpip.WriteOptions{})
 			return true
-		})
-		if err == nil && rerr == unix.EAGAIN {
-			relayBufs.Put(bp)
-			return false, nil
-		}
-		if err == nil {
-			err = rerr
-		}
-		if err != nil {
-			if bp != nil {
-				relayBufs.Put(bp)
-			}
+		}); err != nil {
 			return false, err
 		}
-		if n == 0 {
-			relayBufs.Put(bp)
+		switch terr.(type) {
+		case nil:
+			d.full.Store(false)
+		case *tcpip.ErrWouldBlock:
+			// Nothing was read. As in pumpUp: from now on writable
+			// events kick us; look once more in case space came
+			// meanwhile.
+			if !d.full.Swap(true) {
+				continue
+			}
+			return false, nil
+		default:
+			return false, errors.New(terr.String())
+		}
+		switch {
+		case hr.err != nil:
+			return false, hr.err
+		case hr.eof:
 			d.eof = true
 			r.ep.Shutdown(tcpip.ShutdownWrite)
 			r.directionEnded()
 			return false, nil
+		case hr.drained:
+			return false, nil
 		}
-		d.pending, d.off, d.n = bp, 0, n
-		if n == len(*bp) {
-			nreads++ // a full buffer: the socket may hold more
-		}
+		nreads++ // took all it asked for: the socket may hold more
 	}
 	return false, nil
+}
+
+// hostReadMax is the most one Endpoint.Write takes from the host socket
+// (less when the send buffer has less room): the 256 KiB of relayBufSize.
+const hostReadMax = relayBufSize
+
+// hostReader is the tcpip.Payloader through which Endpoint.Write reads the
+// host socket straight into the views of netstack's send queue (64 KiB
+// each), with no relay buffer between and no copy. Its length is only an
+// upper bound: it reads until the socket has no more (EAGAIN), ends (EOF)
+// or fails, and then reports io.EOF, which ends the Write with what was
+// read (gVisor patch 0040 makes a short copy end it). Netstack reads it
+// without the endpoint's locks held.
+type hostReader struct {
+	fd      int
+	drained bool  // the socket had no more (EAGAIN)
+	eof     bool  // the peer closed its side
+	err     error // the read failed: the relay aborts
+}
+
+func (h *hostReader) Len() int { return hostReadMax }
+
+func (h *hostReader) Read(p []byte) (int, error) {
+	if h.drained || h.eof || h.err != nil {
+		return 0, io.EOF
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		n, err := unix.Read(h.fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			h.drained = true
+			return 0, io.EOF
+		case err != nil:
+			h.err = err
+			return 0, io.EOF
+		case n == 0:
+			h.eof = true
+			return 0, io.EOF
+		}
+		return n, nil
+	}
 }
 
 // directionEnded notes an EOF passed through; the second one closes the

@@ -198,6 +198,10 @@ type SockStat struct {
 // sk_meminfo.
 func skmem(s *Socket, mi tcp.MemInfo) {
 	s.RMem, s.OOOMem, s.TMem = mi.RcvMem+mi.OOOMem, mi.OOOMem, mi.SndMem
+	// Send-Q as Linux's inet_diag gives it (write_seq - snd_una): bytes
+	// written and not yet acknowledged. netstack's TCP does not answer
+	// SendQueueSizeOption, so ss showed 0 for every TCP socket.
+	s.SendQ = mi.SndQueued
 	// Charged: every received segment but the backlog, rounded up to
 	// pages (gVisor patch 0016). Readings race with packet processing:
 	// never negative.

@@ -28,10 +28,10 @@ func TestSockStatOf(t *testing.T) {
 }
 
 func TestSkmem(t *testing.T) {
-	mi := tcp.MemInfo{RcvMem: 5000, OOOMem: 2000, SndMem: 300, RcvMemUsed: 8100, Backlog: 1100, RcvCharged: 8192, Drops: 3}
+	mi := tcp.MemInfo{RcvMem: 5000, OOOMem: 2000, SndQueued: 250, SndMem: 300, RcvMemUsed: 8100, Backlog: 1100, RcvCharged: 8192, Drops: 3}
 	var s Socket
 	skmem(&s, mi)
-	want := Socket{RMem: 7000, OOOMem: 2000, TMem: 300, FwdAlloc: 8192 - 7000, Backlog: 1100, Drops: 3}
+	want := Socket{SendQ: 250, RMem: 7000, OOOMem: 2000, TMem: 300, FwdAlloc: 8192 - 7000, Backlog: 1100, Drops: 3}
 	if s != want {
 		t.Errorf("skmem(%+v) = %+v, want %+v", mi, s, want)
 	}

@@ -1,0 +1,119 @@
+package appliance
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"io"
+	"testing"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/buffer"
+)
+
+// callLimit fails a reader read far more often than any Write needs: a
+// loop that keeps reading after the reader ended (what gVisor's
+// WriteFromReaderAndLimitedReader did before patch 0040) ends with this
+// error instead of running forever.
+type callLimit struct {
+	r     io.Reader
+	calls int
+}
+
+var errLooped = errors.New("read again and again after the reader ended")
+
+func (c *callLimit) Read(p []byte) (int, error) {
+	if c.calls++; c.calls > 1000 {
+		return 0, errLooped
+	}
+	return c.r.Read(p)
+}
+
+// nonblockingPair is a socketpair whose first end is non-blocking, as a
+// relayed host socket is.
+func nonblockingPair(t *testing.T) [2]int {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	if err := unix.SetNonblock(fds[0], true); err != nil {
+		t.Fatal(err)
+	}
+	return fds
+}
+
+// TestHostReaderSmallMessage is what Endpoint.Write does with the down
+// direction's hostReader when the socket holds a short request: the
+// buffer takes exactly what was there, the write ends when the socket runs
+// dry (patch 0040: before it, the loop appended empty views forever), and
+// the bytes sit in a right-sized chunk, not a 64 KiB one.
+func TestHostReaderSmallMessage(t *testing.T) {
+	fds := nonblockingPair(t)
+	msg := []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	if _, err := unix.Write(fds[1], msg); err != nil {
+		t.Fatal(err)
+	}
+	hr := hostReader{fd: fds[0]}
+	var b buffer.Buffer
+	defer b.Release()
+	n, err := b.WriteFromReaderAndLimitedReader(&callLimit{r: &hr}, hostReadMax, nil)
+	if err != nil {
+		t.Fatalf("WriteFromReaderAndLimitedReader: %v (gVisor patch 0040 missing?)", err)
+	}
+	if n != int64(len(msg)) || !bytes.Equal(b.Flatten(), msg) {
+		t.Fatalf("took %d bytes %q, want %q", n, b.Flatten(), msg)
+	}
+	if !hr.drained || hr.eof || hr.err != nil {
+		t.Fatalf("reader state drained=%v eof=%v err=%v, want only drained", hr.drained, hr.eof, hr.err)
+	}
+	views := b.AsViewList()
+	if v := views.Front(); v == nil || v.AvailableSize() >= 4<<10 {
+		t.Fatalf("a %d-byte message keeps a chunk with %d bytes free: want a right-sized copy", len(msg), v.AvailableSize())
+	}
+}
+
+// TestHostReaderBulkAndEOF reads 3 MiB and then the peer's close through
+// successive writes as pumpDown makes them: every byte arrives once, in
+// order, no write takes more than hostReadMax, and EOF is seen after the
+// last byte.
+func TestHostReaderBulkAndEOF(t *testing.T) {
+	fds := nonblockingPair(t)
+	data := make([]byte, 3<<20)
+	rand.Read(data)
+	go func() {
+		unix.Write(fds[1], data) // blocking end: returns once all is queued
+		unix.Shutdown(fds[1], unix.SHUT_WR)
+	}()
+	var got bytes.Buffer
+	for round := 0; round < 100000; round++ {
+		hr := hostReader{fd: fds[0]}
+		var b buffer.Buffer
+		n, err := b.WriteFromReaderAndLimitedReader(&callLimit{r: &hr}, hostReadMax, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > hostReadMax || n != b.Size() {
+			t.Fatalf("one write took %d bytes (buffer %d), want at most %d", n, b.Size(), hostReadMax)
+		}
+		got.Write(b.Flatten())
+		b.Release()
+		if hr.err != nil {
+			t.Fatal(hr.err)
+		}
+		if hr.eof {
+			if !bytes.Equal(got.Bytes(), data) {
+				t.Fatalf("got %d bytes, want the %d sent, in order", got.Len(), len(data))
+			}
+			return
+		}
+		if hr.drained {
+			// The edge-triggered poller would report the next arrival;
+			// here, wait for it.
+			pfd := []unix.PollFd{{Fd: int32(fds[0]), Events: unix.POLLIN}}
+			unix.Poll(pfd, 1000)
+		}
+	}
+	t.Fatalf("no EOF after %d of %d bytes", got.Len(), len(data))
+}
