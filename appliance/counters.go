@@ -6,6 +6,7 @@ import "sync/atomic"
 type counters struct {
 	opened, closed  [numProtos]atomic.Uint64
 	tcpDialFailed   atomic.Uint64
+	tcpDialWaited   atomic.Uint64 // connect did not end within connect(2)
 	tcpHandshake    atomic.Uint64 // dial succeeded but the container side did not
 	tcpRefusedDrain atomic.Uint64
 	udpSetupFailed  atomic.Uint64
@@ -27,6 +28,7 @@ type counters struct {
 //
 //	{tcp,udp}_flows_{opened,closed}   relays started and finished (publish included)
 //	tcp_dial_failures                 host dials that failed (SYN answered with RST)
+//	tcp_dials_waited                  host dials whose connect went on after connect(2) returned
 //	tcp_handshake_failures            host dial worked but the container handshake did not
 //	tcp_refused_draining              SYNs refused during Shutdown
 //	udp_setup_failures                UDP flows that failed to set up
@@ -45,6 +47,7 @@ func (g *Gateway) Counters() map[string]uint64 {
 		"udp_flows_opened":           c.opened[protoUDP].Load(),
 		"udp_flows_closed":           c.closed[protoUDP].Load(),
 		"tcp_dial_failures":          c.tcpDialFailed.Load(),
+		"tcp_dials_waited":           c.tcpDialWaited.Load(),
 		"tcp_handshake_failures":     c.tcpHandshake.Load(),
 		"tcp_refused_draining":       c.tcpRefusedDrain.Load(),
 		"udp_setup_failures":         c.udpSetupFailed.Load(),

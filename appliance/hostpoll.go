@@ -33,7 +33,7 @@ type hostPoller struct {
 
 	mu sync.Mutex
 	// +checklocks:mu
-	relays map[uint64]*tcpRelay
+	relays map[uint64]hostWatcher
 	// +checklocks:mu
 	next uint64
 	// +checklocks:mu
@@ -71,8 +71,12 @@ func newHostPoller(polled bool) (*hostPoller, error) {
 		f.Close()
 		return nil, fmt.Errorf("host poller: %w", err)
 	}
-	return &hostPoller{epfd: epfd, file: f, rc: rc, relays: map[uint64]*tcpRelay{}, next: 1, done: make(chan struct{})}, nil
+	return &hostPoller{epfd: epfd, file: f, rc: rc, relays: map[uint64]hostWatcher{}, next: 1, done: make(chan struct{})}, nil
 }
+
+// hostWatcher is what the poller delivers a socket's events to: a relay,
+// or a dial waiting for its connect (connectWait).
+type hostWatcher interface{ hostEvent(ev uint32) }
 
 // setID and getID keep a relay id in epoll_data's 8 bytes, which x/sys
 // splits into Fd and Pad.
@@ -106,10 +110,10 @@ func (p *hostPoller) dispatch(events []unix.EpollEvent) {
 	for i := range events {
 		id := getID(&events[i])
 		p.mu.Lock()
-		r := p.relays[id]
+		w := p.relays[id]
 		p.mu.Unlock()
-		if r != nil {
-			r.hostEvent(events[i].Events)
+		if w != nil {
+			w.hostEvent(events[i].Events)
 		}
 	}
 }
@@ -183,19 +187,26 @@ func (h *ReaderHostPoll) unbind() {
 // add registers r's host socket, edge-triggered for input, output and
 // hang-ups.
 func (p *hostPoller) add(r *tcpRelay) error {
+	id, err := p.watch(r.host.rc, r, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET)
+	r.id = id
+	return err
+}
+
+// watch registers the socket behind rc for events, delivered to w, and
+// returns its id for unwatch.
+func (p *hostPoller) watch(rc syscall.RawConn, w hostWatcher, events uint32) (uint64, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return errors.New("host poller closed")
+		return 0, errors.New("host poller closed")
 	}
 	id := p.next
 	p.next++
-	r.id = id
-	p.relays[id] = r
+	p.relays[id] = w
 	p.mu.Unlock()
 	var err error
-	cerr := r.host.rc.Control(func(fd uintptr) {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET}
+	cerr := rc.Control(func(fd uintptr) {
+		ev := unix.EpollEvent{Events: events}
 		setID(&ev, id)
 		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
 	})
@@ -206,25 +217,28 @@ func (p *hostPoller) add(r *tcpRelay) error {
 		p.mu.Lock()
 		delete(p.relays, id)
 		p.mu.Unlock()
-		return fmt.Errorf("epoll_ctl add: %w", err)
+		return 0, fmt.Errorf("epoll_ctl add: %w", err)
 	}
-	return nil
+	return id, nil
 }
 
 // remove forgets r; call it before closing r's socket.
-func (p *hostPoller) remove(r *tcpRelay) {
+func (p *hostPoller) remove(r *tcpRelay) { p.unwatch(r.host.rc, r.id) }
+
+// unwatch forgets the socket behind rc, registered as id.
+func (p *hostPoller) unwatch(rc syscall.RawConn, id uint64) {
 	p.mu.Lock()
-	if _, ok := p.relays[r.id]; !ok {
+	if _, ok := p.relays[id]; !ok {
 		p.mu.Unlock()
 		return
 	}
-	delete(p.relays, r.id)
+	delete(p.relays, id)
 	closed := p.closed
 	p.mu.Unlock()
 	if closed {
 		return // the epoll instance is gone (its number may be reused)
 	}
-	_ = r.host.rc.Control(func(fd uintptr) {
+	_ = rc.Control(func(fd uintptr) {
 		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 	})
 }

@@ -198,8 +198,14 @@ func (g *Gateway) publishTCP(c *net.TCPConn, p Publish) {
 		abortHost(c)
 		return
 	}
+	hs, err := detachHost(c)
+	if err != nil {
+		g.debug("publish: host socket", "err", err)
+		ep.Abort()
+		return
+	}
 	g.c.publishAccepted.Add(1)
-	g.relayTCP(ep, wq, c)
+	g.relayTCP(ep, wq, hs)
 }
 
 // publishUDPLoop reads the publish socket and demultiplexes datagrams into

@@ -129,18 +129,13 @@ type tcpRelay struct {
 }
 
 // relayTCP starts relaying between the netstack endpoint ep (whose waiter
-// queue is wq) and the host socket h, and returns at once: the relay owns
+// queue is wq) and the host socket hs, and returns at once: the relay owns
 // both from then on. If the gateway is draining or closing both are
-// aborted. h already has TCP_NODELAY (Go sets it on every TCP connection)
-// and hostKeepAlive (dialHost's Dialer, publish's ListenConfig): setting
-// them again cost five setsockopt calls per connection.
-func (g *Gateway) relayTCP(ep tcpip.Endpoint, wq *waiter.Queue, h *net.TCPConn) {
-	hs, err := detachHost(h)
-	if err != nil {
-		g.debug("relay: host socket", "err", err)
-		ep.Abort()
-		return
-	}
+// aborted. hs already has TCP_NODELAY and keepalive (dialHostSock sets
+// them; for a net.TCPConn, Go and hostKeepAlive did, in dialHost's Dialer
+// and publish's ListenConfig): setting them again cost five setsockopt
+// calls per connection.
+func (g *Gateway) relayTCP(ep tcpip.Endpoint, wq *waiter.Queue, hs *hostSock) {
 	r := &tcpRelay{g: g, ep: ep, wq: wq, host: hs}
 	r.f = &flow{proto: protoTCP, close: r.abort, ep: ep, host: hs}
 	if _, ok := g.addFlowWith(r.f); !ok {

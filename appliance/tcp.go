@@ -37,17 +37,20 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	host, err := g.pol.resolve(dst, protoTCP)
-	var hc *net.TCPConn
+	var hc *hostSock
 	switch {
 	case errors.Is(err, errDNS):
-		hc, err = g.dialDNSTCP()
+		var c *net.TCPConn
+		if c, err = g.dialDNSTCP(); err == nil {
+			hc, err = detachHost(c)
+		}
 	case err != nil:
 		g.c.policyDenied[protoTCP].Add(1)
 		g.debug("flow denied", "proto", "tcp", "dst", dst)
 		r.Complete(true)
 		return
 	default:
-		hc, err = g.dialHost(host)
+		hc, err = g.dialHostSock(host)
 	}
 	if err != nil {
 		g.c.tcpDialFailed.Add(1)
@@ -59,7 +62,7 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	ep, terr := r.CreateEndpoint(wq)
 	r.Complete(false)
 	if terr != nil {
-		abortHost(hc)
+		hc.abort()
 		g.c.tcpHandshake.Add(1)
 		g.debug("container handshake failed", "dst", dst, "err", terr)
 		return
