@@ -14,11 +14,11 @@ import (
 
 // hostPoller watches the relays' host sockets with one edge-triggered
 // epoll instance and one goroutine, so an idle relay needs no goroutine
-// parked in Go's poller. Events go to tcpRelay.hostEvent, keyed by relay
-// id: an event for a relay already removed finds nothing and is dropped.
-// The sockets are taken out of Go's own poller (hostSock): nothing waits
-// for them there, and each of their events would wake a thread for
-// nothing.
+// parked in Go's poller. Events go to tcpRelay.hostEvent (or, while a
+// dial waits for its connect, to a connectWaiter), keyed by an id: an
+// event for a watcher already removed finds nothing and is dropped. The
+// sockets are kept out of Go's own poller (hostSock): nothing waits for
+// them there, and each of their events would wake a thread for nothing.
 //
 // Served by its own goroutine (run), the epoll descriptor is in Go's
 // poller, so the goroutine waits for it there (os.File + RawConn) rather
@@ -33,7 +33,7 @@ type hostPoller struct {
 
 	mu sync.Mutex
 	// +checklocks:mu
-	relays map[uint64]hostWatcher
+	watchers map[uint64]hostWatcher
 	// +checklocks:mu
 	next uint64
 	// +checklocks:mu
@@ -71,7 +71,7 @@ func newHostPoller(polled bool) (*hostPoller, error) {
 		f.Close()
 		return nil, fmt.Errorf("host poller: %w", err)
 	}
-	return &hostPoller{epfd: epfd, file: f, rc: rc, relays: map[uint64]hostWatcher{}, next: 1, done: make(chan struct{})}, nil
+	return &hostPoller{epfd: epfd, file: f, rc: rc, watchers: map[uint64]hostWatcher{}, next: 1, done: make(chan struct{})}, nil
 }
 
 // hostWatcher is what the poller delivers a socket's events to: a relay,
@@ -110,7 +110,7 @@ func (p *hostPoller) dispatch(events []unix.EpollEvent) {
 	for i := range events {
 		id := getID(&events[i])
 		p.mu.Lock()
-		w := p.relays[id]
+		w := p.watchers[id]
 		p.mu.Unlock()
 		if w != nil {
 			w.hostEvent(events[i].Events)
@@ -202,7 +202,7 @@ func (p *hostPoller) watch(rc syscall.RawConn, w hostWatcher, events uint32) (ui
 	}
 	id := p.next
 	p.next++
-	p.relays[id] = w
+	p.watchers[id] = w
 	p.mu.Unlock()
 	var err error
 	cerr := rc.Control(func(fd uintptr) {
@@ -215,7 +215,7 @@ func (p *hostPoller) watch(rc syscall.RawConn, w hostWatcher, events uint32) (ui
 	}
 	if err != nil {
 		p.mu.Lock()
-		delete(p.relays, id)
+		delete(p.watchers, id)
 		p.mu.Unlock()
 		return 0, fmt.Errorf("epoll_ctl add: %w", err)
 	}
@@ -228,11 +228,11 @@ func (p *hostPoller) remove(r *tcpRelay) { p.unwatch(r.host.rc, r.id) }
 // unwatch forgets the socket behind rc, registered as id.
 func (p *hostPoller) unwatch(rc syscall.RawConn, id uint64) {
 	p.mu.Lock()
-	if _, ok := p.relays[id]; !ok {
+	if _, ok := p.watchers[id]; !ok {
 		p.mu.Unlock()
 		return
 	}
-	delete(p.relays, id)
+	delete(p.watchers, id)
 	closed := p.closed
 	p.mu.Unlock()
 	if closed {

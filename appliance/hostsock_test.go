@@ -165,7 +165,7 @@ func TestDialHostSockWaits(t *testing.T) {
 		t.Errorf("the dialed socket takes deadlines (%v): it is in Go's netpoller", err)
 	}
 	n.gw.poller.mu.Lock()
-	left := len(n.gw.poller.relays)
+	left := len(n.gw.poller.watchers)
 	n.gw.poller.mu.Unlock()
 	if left != 0 {
 		t.Errorf("%d registrations left in the host poller after the dial", left)
@@ -187,7 +187,7 @@ func TestDialHostSockFails(t *testing.T) {
 		t.Errorf("dial that never completes: %v, want a timeout naming %v", err, full)
 	}
 	n.gw.poller.mu.Lock()
-	left := len(n.gw.poller.relays)
+	left := len(n.gw.poller.watchers)
 	n.gw.poller.mu.Unlock()
 	if left != 0 {
 		t.Errorf("%d registrations left in the host poller", left)
