@@ -232,10 +232,10 @@ func (r *tcpRelay) settle(d *relayDir, err error) bool {
 }
 
 // downInline handles host readiness on the host poller's goroutine when
-// no worker runs: one read and its write into netstack, which is all a
-// request/response exchange needs, without starting a goroutine. If the
-// read filled the buffer, the destination was full or a kick arrived
-// meanwhile, a worker takes over.
+// no worker runs: one write into netstack of what the socket holds (up to
+// hostReadMax), which is all a request/response exchange needs, without
+// starting a goroutine. If the write took all hostReadMax, the
+// destination was full or a kick arrived meanwhile, a worker takes over.
 func (r *tcpRelay) downInline() {
 	d := &r.down
 	if !d.state.CompareAndSwap(dirIdle, dirRunning) {
@@ -608,8 +608,8 @@ func (r *tcpRelay) finish(err error) {
 			r.host.Close()
 		}
 		r.g.removeFlow(r.f)
-		// A direction parked on a full destination holds a buffer: let
-		// its worker run once more to put it back.
+		// An up direction parked on a full host socket holds a buffer:
+		// let its worker run once more to put it back.
 		r.kick(&r.up)
 		r.kick(&r.down)
 	})
