@@ -608,10 +608,14 @@ func (r *tcpRelay) finish(err error) {
 			r.host.Close()
 		}
 		r.g.removeFlow(r.f)
-		// An up direction parked on a full host socket holds a buffer:
-		// let its worker run once more to put it back.
-		r.kick(&r.up)
-		r.kick(&r.down)
+		// An up direction parked on a full host socket may hold a
+		// buffer: let its worker run once more to put it back. A running
+		// worker sees closed and stops by itself; the down direction
+		// holds no buffer. (Kicking both always started a goroutine per
+		// direction at every close.)
+		if r.up.full.Load() {
+			r.kick(&r.up)
+		}
 	})
 }
 
