@@ -52,9 +52,15 @@ func testOptions() Options {
 // channel for the test to read directly.
 func newTestNet(t *testing.T, opts Options, pump bool) *testNet {
 	t.Helper()
+	return newTestNetMTU(t, opts, pump, testMTU)
+}
+
+// newTestNetMTU is newTestNet with a link MTU of its own.
+func newTestNetMTU(t *testing.T, opts Options, pump bool, mtu uint32) *testNet {
+	t.Helper()
 	n := &testNet{
-		gwEP: channel.New(4096, testMTU, ""),
-		ctEP: channel.New(4096, testMTU, ""),
+		gwEP: channel.New(4096, mtu, ""),
+		ctEP: channel.New(4096, mtu, ""),
 	}
 	gw, err := NewGateway(n.gwEP, opts)
 	if err != nil {
