@@ -305,11 +305,34 @@ func (c *Cubic) hystartUpdate(delay time.Duration) {
 }
 
 // ackDelay is hystart_ack_delay: a cushion for TSO/GRO aggregation of up
-// to 1 ms when paced (four 64 KiB bursts at the pacing rate).
+// to 1 ms (four 64 KiB GSO packets at sk_pacing_rate). Linux keeps
+// sk_pacing_rate also for a connection nothing paces (no fq), so the
+// cushion applies to an unpaced CUBIC too; for one, the rate is
+// unpacedRate's.
 func (c *Cubic) ackDelay() time.Duration {
 	rate := c.s.PacingRate()
+	if rate == 0 {
+		rate = unpacedRate(c.s)
+	}
 	if rate == 0 {
 		return 0
 	}
 	return min(time.Millisecond, time.Duration(4*65536*uint64(time.Second)/rate))
+}
+
+// unpacedRate is the sk_pacing_rate Linux's tcp_update_pacing_rate keeps
+// for a connection that does not pace, bytes/s: mss × max(cwnd, in
+// flight) / srtt, ×2 while cwnd < ssthresh/2 (sysctl_tcp_pacing_ss_ratio
+// 200), ×1.2 after (tcp_pacing_ca_ratio 120). 0 without an srtt (Linux
+// then leaves the product undivided: a rate so high the cushion is 0).
+func unpacedRate(s cc.Sender) uint64 {
+	srtt := s.SRTT()
+	if srtt <= 0 {
+		return 0
+	}
+	ratio := 1.2
+	if s.Cwnd() < s.Ssthresh()/2 {
+		ratio = 2
+	}
+	return uint64(float64(s.MSS()) * ratio * float64(max(s.Cwnd(), s.InFlight())) / srtt.Seconds())
 }

@@ -198,3 +198,44 @@ func BenchmarkCongAvoid(b *testing.B) {
 		c.CongAvoid(2)
 	}
 }
+
+// TestHyStartAckTrainCushion: Linux adds hystart_ack_delay to the ACK
+// train's threshold also for a connection nothing paces, from the pacing
+// rate tcp_update_pacing_rate keeps anyway, and halves the sum:
+// (delay_min + min(1 ms, 4·64 KiB / rate)) / 2.
+func TestHyStartAckTrainCushion(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		srtt      time.Duration
+		cwnd      uint32
+		trainEnd  time.Duration // the train's last ACK, after the round's start
+		wantFound bool
+	}{
+		// 2 × 100 × 1448 B / 40 ms = 7.24 MB/s: the cushion is the 1 ms
+		// cap, the threshold (40 + 1) / 2 = 20.5 ms.
+		{"slow, inside the cushion", 40 * time.Millisecond, 100, 20400 * time.Microsecond, false},
+		{"slow, past the cushion", 40 * time.Millisecond, 100, 20600 * time.Microsecond, true},
+		// 2 × 1000 × 1448 B / 1 ms = 2.9 GB/s: 4 × 65536 / 2.9e9 s =
+		// 90.5 µs, the threshold (40 ms + 90.5 µs) / 2 = 20.045 ms.
+		{"fast, past the cushion", time.Millisecond, 1000, 20100 * time.Microsecond, true},
+		{"fast, inside the cushion", time.Millisecond, 1000, 20040 * time.Microsecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, s := newCubic(Options{NoHyStartDelay: true}, tc.cwnd, 0x7fffffff)
+			s.SRTTV = tc.srtt
+			start := s.Clock
+			// The round starts at Init; ACKs every 100 µs, the last at
+			// trainEnd.
+			for at := 100 * time.Microsecond; ; at += 100 * time.Microsecond {
+				s.Clock = start + min(at, tc.trainEnd)
+				c.PktsAcked(cc.AckSample{PktsAcked: 2, RTT: 40 * time.Millisecond})
+				if at >= tc.trainEnd {
+					break
+				}
+			}
+			if c.HyStartFound() != tc.wantFound {
+				t.Errorf("ACK train to %v at srtt %v cwnd %d: found = %v, want %v (ssthresh %d)", tc.trainEnd, tc.srtt, tc.cwnd, c.HyStartFound(), tc.wantFound, s.SsthreshV)
+			}
+		})
+	}
+}
