@@ -131,7 +131,7 @@ func registry(t *testing.T, extra map[string]cc.Factory) *cc.Registry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"rec", "fixed", "fixed2"} {
+	for _, name := range []string{"rec", "fixed", "fixed2", "halver"} {
 		if f, ok := extra[name]; ok {
 			if err := r.Register(name, f); err != nil {
 				t.Fatal(err)
