@@ -14,20 +14,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// hostSocketOptions returns the keepalive and no-delay settings of every
-// relayed TCP connection's host socket.
-func hostSocketOptions(t *testing.T, g *Gateway) [][4]int {
-	t.Helper()
+// relayedHostSocks returns the host sockets of g's relayed TCP
+// connections.
+func relayedHostSocks(g *Gateway) []*hostSock {
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	var hosts []*hostSock
 	for f := range g.flows {
 		if h, ok := f.host.(*hostSock); ok && f.proto == protoTCP {
 			hosts = append(hosts, h)
 		}
 	}
-	g.mu.Unlock()
+	return hosts
+}
+
+// hostSocketOptions returns the keepalive and no-delay settings of every
+// relayed TCP connection's host socket.
+func hostSocketOptions(t *testing.T, g *Gateway) [][4]int {
+	t.Helper()
 	var out [][4]int
-	for _, h := range hosts {
+	for _, h := range relayedHostSocks(g) {
 		if err := h.f.SetDeadline(time.Now().Add(time.Hour)); !errors.Is(err, os.ErrNoDeadline) {
 			t.Errorf("host socket %v takes deadlines (%v): it is in Go's netpoller", h.remote, err)
 		}

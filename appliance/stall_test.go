@@ -70,14 +70,7 @@ func TestStalledDownloadBounded(t *testing.T) {
 		t.Fatal("no relayed ESTAB socket in Sockets()")
 	}
 	// What the relay left unread in its host socket.
-	var hosts []*hostSock
-	n.gw.mu.Lock()
-	for f := range n.gw.flows {
-		if h, ok := f.host.(*hostSock); ok {
-			hosts = append(hosts, h)
-		}
-	}
-	n.gw.mu.Unlock()
+	hosts := relayedHostSocks(n.gw)
 	if len(hosts) != 1 {
 		t.Fatalf("%d relayed host sockets, want 1", len(hosts))
 	}
