@@ -105,13 +105,11 @@ func (g *Gateway) dialHostSock(dst netip.AddrPort) (*hostSock, error) {
 		family = unix.AF_INET6
 		sa = &unix.SockaddrInet6{Port: int(dst.Port()), Addr: dst.Addr().As16()}
 	}
-	// Blocking at first, so that os.NewFile leaves it out of the
-	// netpoller (package unpolled); non-blocking before the connect.
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	f, fd, err := unpolled.Socket(family, unix.SOCK_STREAM, unix.IPPROTO_TCP, "tcp "+dst.String())
 	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
+		return nil, err
 	}
-	h := &hostSock{f: os.NewFile(uintptr(fd), "tcp "+dst.String()), remote: net.TCPAddrFromAddrPort(dst)}
+	h := &hostSock{f: f, remote: net.TCPAddrFromAddrPort(dst)}
 	fail := func(op string, err error) (*hostSock, error) {
 		h.f.Close()
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: h.remote, Err: os.NewSyscallError(op, err)}
@@ -130,11 +128,6 @@ func (g *Gateway) dialHostSock(dst netip.AddrPort) (*hostSock, error) {
 		if err := unix.SetsockoptInt(fd, o.level, o.opt, o.v); err != nil {
 			return fail("setsockopt", err)
 		}
-	}
-	// A new socket's file flags are O_RDWR alone: one fcntl, not
-	// unix.SetNonblock's read and write.
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, unix.O_RDWR|unix.O_NONBLOCK); err != nil {
-		return fail("fcntl", err)
 	}
 	switch err := unix.Connect(fd, sa); err {
 	case nil:

@@ -92,3 +92,22 @@ func TestDup(t *testing.T) {
 		t.Fatalf("read %d %q %v, want x", n, b[:n], err)
 	}
 }
+
+// TestSocket: a socket from Socket is non-blocking and not in the
+// netpoller (an unpolled file answers os.ErrNoDeadline).
+func TestSocket(t *testing.T) {
+	f, fd, err := Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_TCP, "tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.SetDeadline(time.Now().Add(time.Hour)); !errors.Is(err, os.ErrNoDeadline) {
+		t.Fatalf("deadline on the socket's file: %v, want os.ErrNoDeadline (it is in Go's netpoller)", err)
+	}
+	if !nonblocking(t, fd) {
+		t.Fatal("Socket left the descriptor blocking")
+	}
+	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil || fl&unix.FD_CLOEXEC == 0 {
+		t.Fatalf("F_GETFD = %#x, %v: want close-on-exec", fl, err)
+	}
+}
