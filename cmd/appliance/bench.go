@@ -69,13 +69,13 @@ algorithm, netstack's solid and the kernel's dashed.`,
 			if conns != "" {
 				return benchConns(cmd, conns, connsKernel, connsProfile, asJSON)
 			}
+			if repeat < 1 || repeat > 99 {
+				return usagef("--repeat %d: want 1..99", repeat)
+			}
 			if mx.on {
 				return runCCMatrix(cmd, mx, emulate, dur, cmd.Flags().Changed("time"), repeat, asJSON, plot)
 			}
 			cfg := bench.Config{Mode: mode, CC: cc, Emulate: emulate, Series: plot != "", Time: dur, RRTime: rrDur, Repeat: repeat, Progress: os.Stderr}
-			if repeat < 1 || repeat > 99 {
-				return usagef("--repeat %d: want 1..99", repeat)
-			}
 			if repeat > 1 && (emulate != "" || plot != "") {
 				return usagef("--repeat %d: not with --emulate or --plot (they record single runs)", repeat)
 			}
