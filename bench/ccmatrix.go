@@ -35,6 +35,13 @@ type MatrixConfig struct {
 	// returns one row per cell and side with the rounds' medians
 	// (mergeMatrixRounds).
 	Repeat int
+	// Seed, when not 0, seeds the emulation's randomness (loss) of round
+	// i with Seed+i, the same for the kernel's run and ours: both sides
+	// of a pair then meet the same loss realization (the same packets,
+	// by their order in each direction, are lost), common random numbers
+	// that take the luck of the draw out of each round's ratio. 0 draws
+	// independently for every run. A spec that sets seed= keeps its own.
+	Seed uint64
 	// Progress receives one line per step; nil discards.
 	Progress io.Writer
 }
@@ -65,7 +72,9 @@ type MatrixRow struct {
 	// estimates the packets sent, so bytes per packet (GSO size) shows.
 	QueueDrops uint64 `json:"queue_drops,omitempty"`
 	Lost       uint64 `json:"lost,omitempty"`
-	Error      string `json:"error,omitempty"`
+	// Seed is the emulation's seed for this run (MatrixConfig.Seed).
+	Seed  uint64 `json:"seed,omitempty"`
+	Error string `json:"error,omitempty"`
 	// Rounds are the cell's single runs when MatrixConfig.Repeat > 1 (the
 	// row's figures are then their medians), in round order.
 	Rounds []MatrixRow `json:"rounds,omitempty"`
@@ -119,7 +128,7 @@ func RunCCMatrix(ctx context.Context, mc MatrixConfig) ([]MatrixRow, error) {
 					if ctx.Err() != nil {
 						break
 					}
-					rows = append(rows, measureCell(ctx, &mc, alg, c.spec, c.loss, c.extra, mode))
+					rows = append(rows, measureCell(ctx, &mc, alg, c.spec, c.loss, c.extra, mode, roundSeed(mc.Seed, i, c.spec)))
 				}
 			}
 		}
@@ -134,10 +143,27 @@ func RunCCMatrix(ctx context.Context, mc MatrixConfig) ([]MatrixRow, error) {
 	return mergeMatrixRounds(rounds), ctx.Err()
 }
 
+// roundSeed is the emulation seed of round i (MatrixConfig.Seed): 0 for
+// none, or when spec sets its own.
+func roundSeed(seed uint64, i int, spec string) uint64 {
+	if seed == 0 {
+		return 0
+	}
+	for _, f := range strings.Split(spec, ",") {
+		if strings.HasPrefix(strings.TrimSpace(f), "seed=") {
+			return 0
+		}
+	}
+	return seed + uint64(i)
+}
+
 // measureCell runs one side of one cell: mode router is the kernel's alg,
-// gateway is netstack's.
-func measureCell(ctx context.Context, mc *MatrixConfig, alg, spec string, loss float64, extra bool, mode string) MatrixRow {
-	row := MatrixRow{Stack: "appliance", CC: alg, Emulate: spec, Loss: loss, Extra: extra}
+// gateway is netstack's; seed, when not 0, is added to spec.
+func measureCell(ctx context.Context, mc *MatrixConfig, alg, spec string, loss float64, extra bool, mode string, seed uint64) MatrixRow {
+	row := MatrixRow{Stack: "appliance", CC: alg, Emulate: spec, Loss: loss, Extra: extra, Seed: seed}
+	if seed != 0 {
+		spec += ",seed=" + strconv.FormatUint(seed, 10)
+	}
 	if mode == "router" {
 		row.Stack = "kernel"
 		if ok, avail := KernelCC(alg); !ok {

@@ -62,3 +62,22 @@ func TestMergeMatrixRounds(t *testing.T) {
 		}
 	}
 }
+
+func TestRoundSeed(t *testing.T) {
+	for _, c := range []struct {
+		seed  uint64
+		round int
+		spec  string
+		want  uint64
+	}{
+		{0, 3, "rate=100mbit,loss=1%", 0},             // unseeded: independent draws
+		{1, 0, "rate=100mbit,loss=1%", 1},             // round 1
+		{1, 4, "rate=100mbit,loss=1%", 5},             // round 5
+		{9, 2, "rate=100mbit, seed=3,loss=1%", 0},     // the spec's own seed wins
+		{9, 2, "rate=100mbit,loss=1%,seedless=1", 11}, // not a seed field
+	} {
+		if got := roundSeed(c.seed, c.round, c.spec); got != c.want {
+			t.Errorf("roundSeed(%d, %d, %q) = %d, want %d", c.seed, c.round, c.spec, got, c.want)
+		}
+	}
+}

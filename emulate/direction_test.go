@@ -4,6 +4,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -205,6 +206,38 @@ func TestLoss(t *testing.T) {
 	}
 	if got := uint64(len(h.left)) + h.stat("dropped_loss"); got != n {
 		t.Errorf("released + lost = %d, want %d", got, n)
+	}
+}
+
+// TestLossSeedRepeats: with a seed, which packets are lost depends only on
+// their order in the direction, not on their size or timing, so two
+// senders crossing the same spec meet the same loss realization (bench
+// --cc-matrix --seed pairs the kernel's run and netstack's so).
+func TestLossSeedRepeats(t *testing.T) {
+	lostAt := func(spec string, size func(i int) int) []int {
+		h := newHarness(t, spec)
+		var lost []int
+		for i := 0; i < 2000; i++ {
+			before := h.stat("dropped_loss")
+			h.send(t0.Add(time.Duration(i)*time.Millisecond), size(i))
+			h.poll(t0.Add(time.Duration(i) * time.Millisecond))
+			if h.stat("dropped_loss") != before {
+				lost = append(lost, i)
+			}
+		}
+		return lost
+	}
+	a := lostAt("loss=2%,seed=7", func(int) int { return 64 })
+	b := lostAt("loss=2%,seed=7", func(i int) int { return 64 + (i*37)%1400 })
+	c := lostAt("loss=2%,seed=8", func(int) int { return 64 })
+	if len(a) < 20 || len(a) > 60 {
+		t.Fatalf("seed 7 lost %d of 2000 at 2%%, want about 40", len(a))
+	}
+	if !slices.Equal(a, b) {
+		t.Errorf("same seed, other sizes: lost %v, want %v", b, a)
+	}
+	if slices.Equal(a, c) {
+		t.Errorf("seeds 7 and 8 lost the same packets %v", a)
 	}
 }
 

@@ -21,6 +21,7 @@ type matrixFlags struct {
 	algs, losses string
 	extra        []string
 	from         []string
+	seed         uint64
 }
 
 func (m *matrixFlags) flags(fl *pflag.FlagSet) {
@@ -28,6 +29,7 @@ func (m *matrixFlags) flags(fl *pflag.FlagSet) {
 	fl.StringVar(&m.algs, "cc-list", "reno,cubic,bbr", "--cc-matrix: algorithms (comma-separated)")
 	fl.StringVar(&m.losses, "loss-list", "0,0.1,1,2,5", "--cc-matrix: loss percentages (comma-separated)")
 	fl.StringArrayVar(&m.from, "cc-matrix-from", nil, "--cc-matrix: measure nothing, read the rows of earlier --cc-matrix --json runs from FILE (repeatable: several runs are plotted as their mean and range) and print the table (and --plot)")
+	fl.Uint64Var(&m.seed, "seed", 1, "--cc-matrix: seed the emulation's random loss of round i with SEED+i, the same for the kernel's run and netstack's, so both meet the same loss realization (0: independent draws for every run; a seed= in the spec wins)")
 	fl.StringArrayVar(&m.extra, "cc-extra", nil, "--cc-matrix: another emulation SPEC measured at loss 0, e.g. rate=100mbit,delay=20ms,limit=2000 for RTT inflation (repeatable)")
 }
 
@@ -53,7 +55,7 @@ func runCCMatrix(cmd *cobra.Command, m matrixFlags, emulate string, dur time.Dur
 		}
 		return writeCCMatrix(cmd, rows, asJSON, plot)
 	}
-	mc := bench.MatrixConfig{Emulate: emulate, Extra: m.extra, Repeat: repeat, Progress: os.Stderr}
+	mc := bench.MatrixConfig{Emulate: emulate, Extra: m.extra, Repeat: repeat, Seed: m.seed, Progress: os.Stderr}
 	if durSet {
 		mc.Time = dur
 	}
