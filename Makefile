@@ -1,6 +1,6 @@
 # make demo   build, then route a throwaway namespace through the appliance and run iperf3 across it
 # make test   everything CI runs: lint, unit tests (-race), integration tests (root, real namespaces)
-# make bench  the benchmark table (docs/benchmarks.md) and Go benchmarks
+# make bench  the benchmark tables (docs/benchmarks.md, docs/cc.md) and Go benchmarks
 
 SHELL   := /bin/bash
 GO      ?= go
@@ -8,7 +8,7 @@ BIN     := bin/appliance
 export PATH := $(PATH):/usr/local/go/bin
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build demo test unit integration lint bench deps clean
+.PHONY: all build demo test unit integration lint bench bench-cc deps clean
 
 all: build
 
@@ -42,6 +42,13 @@ bench: deps build
 	$(BIN) bench --conns 10000,50000
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./...
 	$(GO) test -tags integration -run '^$$' -bench 'Iptables' -benchtime 3x ./integration/
+	$(MAKE) bench-cc
+
+# The congestion-control matrix of docs/cc.md (about 30 minutes): netstack's
+# Reno, CUBIC and BBR against the kernel's across the emulated path, three
+# seeded rounds, and a deep queue for RTT inflation; the plot goes to bin/.
+bench-cc: deps build
+	$(BIN) bench --cc-matrix --repeat 3 --time 10s --cc-extra rate=100mbit,delay=20ms,limit=2000 --plot bin/cc-matrix.svg
 
 clean:
 	rm -rf bin integration.log

@@ -150,8 +150,8 @@ func roundSeed(seed uint64, i int, spec string) uint64 {
 		return 0
 	}
 	for _, f := range strings.Split(spec, ",") {
-		if strings.HasPrefix(strings.TrimSpace(f), "seed=") {
-			return 0
+		if k, _, _ := strings.Cut(strings.TrimSpace(f), "="); k == "seed" {
+			return 0 // emulate.ParseSpec takes a field once
 		}
 	}
 	return seed + uint64(i)

@@ -861,3 +861,68 @@ func TestBench(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchCCMatrix runs the README's congestion-control matrix in
+// miniature: for each cell a kernel run (router mode) and a netstack run
+// (gateway mode) that both moved data, two rounds, and each round's pair
+// seeded alike (--seed, the default 1: round i uses 1+i-1) so that both
+// meet the same loss realization; --seed 0 leaves them unseeded.
+func TestBenchCCMatrix(t *testing.T) {
+	requireRoot(t)
+	type row struct {
+		Stack  string
+		CC     string
+		Loss   float64 `json:"loss_pct"`
+		Mbps   float64
+		Lost   uint64
+		Seed   uint64
+		Rounds []struct {
+			Mbps float64
+			Lost uint64
+			Seed uint64
+		}
+	}
+	matrix := func(extra ...string) []row {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+		defer cancel()
+		args := append([]string{"bench", "--cc-matrix", "--cc-list", "reno", "--loss-list", "0,5", "--time", "2s", "--json"}, extra...)
+		out, err := exec.CommandContext(ctx, applianceBin, args...).Output()
+		if err != nil {
+			t.Fatalf("appliance %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		var rows []row
+		if err := json.Unmarshal(out, &rows); err != nil {
+			t.Fatalf("bench --cc-matrix --json: %v\n%s", err, out)
+		}
+		if len(rows) != 4 {
+			t.Fatalf("bench --cc-matrix: %d rows, want kernel and appliance at loss 0 and 5%%:\n%s", len(rows), out)
+		}
+		return rows
+	}
+	for i, r := range matrix("--repeat", "2") {
+		if want := []string{"kernel", "appliance"}[i%2]; r.Stack != want || r.CC != "reno" {
+			t.Errorf("row %d: %s %s, want %s reno", i, r.Stack, r.CC, want)
+		}
+		if len(r.Rounds) != 2 {
+			t.Errorf("%s loss %v%%: %d rounds, want 2", r.Stack, r.Loss, len(r.Rounds))
+			continue
+		}
+		for j, x := range r.Rounds {
+			if x.Mbps <= 0 {
+				t.Errorf("%s loss %v%% round %d moved nothing", r.Stack, r.Loss, j+1)
+			}
+			if x.Seed != uint64(1+j) {
+				t.Errorf("%s loss %v%% round %d: seed %d, want %d", r.Stack, r.Loss, j+1, x.Seed, 1+j)
+			}
+		}
+		if r.Loss == 5 && r.Rounds[0].Lost+r.Rounds[1].Lost == 0 {
+			t.Errorf("%s at loss 5%%: the emulation lost nothing in two runs", r.Stack)
+		}
+	}
+	for _, r := range matrix("--seed", "0") {
+		if r.Seed != 0 || r.Mbps <= 0 {
+			t.Errorf("--seed 0: %s loss %v%%: seed %d, %.1f Mbit/s; want unseeded, data moved", r.Stack, r.Loss, r.Seed, r.Mbps)
+		}
+	}
+}

@@ -89,6 +89,9 @@ func runCCMatrix(cmd *cobra.Command, m matrixFlags, emulate string, dur time.Dur
 	if repeat > 1 && !asJSON {
 		fmt.Fprintf(cmd.OutOrStdout(), "bench: --cc-matrix, %d interleaved rounds: medians (range) of each side; appliance/kernel is the median (range) of each round's own ratio\n", repeat)
 	}
+	if m.seed != 0 && !asJSON {
+		fmt.Fprintf(cmd.OutOrStdout(), "bench: --cc-matrix: the emulation's random loss of round i is seeded with %d+i, the same for both sides of a pair\n", m.seed)
+	}
 	if werr := writeCCMatrix(cmd, rows, asJSON, plot); werr != nil {
 		return werr
 	}
