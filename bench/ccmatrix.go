@@ -35,8 +35,8 @@ type MatrixConfig struct {
 	// returns one row per cell and side with the rounds' medians
 	// (mergeMatrixRounds).
 	Repeat int
-	// Seed, when not 0, seeds the emulation's randomness (loss) of round
-	// i with Seed+i, the same for the kernel's run and ours: both sides
+	// Seed, when not 0, seeds the emulation's randomness (loss) of the
+	// i-th round (from 0) with Seed+i, the same for the kernel's run and ours: both sides
 	// of a pair then meet the same loss realization (the same packets,
 	// by their order in each direction, are lost), common random numbers
 	// that take the luck of the draw out of each round's ratio. 0 draws

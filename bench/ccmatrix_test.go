@@ -75,6 +75,7 @@ func TestRoundSeed(t *testing.T) {
 		{1, 4, "rate=100mbit,loss=1%", 5},             // round 5
 		{9, 2, "rate=100mbit, seed=3,loss=1%", 0},     // the spec's own seed wins
 		{9, 2, "rate=100mbit,loss=1%,seedless=1", 11}, // not a seed field
+		{9, 2, "rate=100mbit,loss=1%,seed=0", 0},      // also seed=0: a field is given once
 	} {
 		if got := roundSeed(c.seed, c.round, c.spec); got != c.want {
 			t.Errorf("roundSeed(%d, %d, %q) = %d, want %d", c.seed, c.round, c.spec, got, c.want)

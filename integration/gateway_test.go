@@ -865,7 +865,7 @@ func TestBench(t *testing.T) {
 // TestBenchCCMatrix runs the README's congestion-control matrix in
 // miniature: for each cell a kernel run (router mode) and a netstack run
 // (gateway mode) that both moved data, two rounds, and each round's pair
-// seeded alike (--seed, the default 1: round i uses 1+i-1) so that both
+// seeded alike (--seed, default 1: round r uses seed r) so that both
 // meet the same loss realization; --seed 0 leaves them unseeded.
 func TestBenchCCMatrix(t *testing.T) {
 	requireRoot(t)

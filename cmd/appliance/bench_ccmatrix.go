@@ -29,7 +29,7 @@ func (m *matrixFlags) flags(fl *pflag.FlagSet) {
 	fl.StringVar(&m.algs, "cc-list", "reno,cubic,bbr", "--cc-matrix: algorithms (comma-separated)")
 	fl.StringVar(&m.losses, "loss-list", "0,0.1,1,2,5", "--cc-matrix: loss percentages (comma-separated)")
 	fl.StringArrayVar(&m.from, "cc-matrix-from", nil, "--cc-matrix: measure nothing, read the rows of earlier --cc-matrix --json runs from FILE (repeatable: several runs are plotted as their mean and range) and print the table (and --plot)")
-	fl.Uint64Var(&m.seed, "seed", 1, "--cc-matrix: seed the emulation's random loss of round i with SEED+i, the same for the kernel's run and netstack's, so both meet the same loss realization (0: independent draws for every run; a seed= in the spec wins)")
+	fl.Uint64Var(&m.seed, "seed", 1, "--cc-matrix: seed the emulation's random loss of round r with SEED+r-1, the same for the kernel's run and netstack's, so both meet the same loss realization (0: independent draws for every run; a seed= in the spec wins)")
 	fl.StringArrayVar(&m.extra, "cc-extra", nil, "--cc-matrix: another emulation SPEC measured at loss 0, e.g. rate=100mbit,delay=20ms,limit=2000 for RTT inflation (repeatable)")
 }
 
@@ -90,7 +90,7 @@ func runCCMatrix(cmd *cobra.Command, m matrixFlags, emulate string, dur time.Dur
 		fmt.Fprintf(cmd.OutOrStdout(), "bench: --cc-matrix, %d interleaved rounds: medians (range) of each side; appliance/kernel is the median (range) of each round's own ratio\n", repeat)
 	}
 	if m.seed != 0 && !asJSON {
-		fmt.Fprintf(cmd.OutOrStdout(), "bench: --cc-matrix: the emulation's random loss of round i is seeded with %d+i, the same for both sides of a pair\n", m.seed)
+		fmt.Fprintf(cmd.OutOrStdout(), "bench: --cc-matrix: the emulation's random loss is seeded per round (round 1: seed %d, round 2: %d, ...), the same for both sides of a pair\n", m.seed, m.seed+1)
 	}
 	if werr := writeCCMatrix(cmd, rows, asJSON, plot); werr != nil {
 		return werr
