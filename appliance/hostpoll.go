@@ -185,11 +185,22 @@ func (h *ReaderHostPoll) unbind() {
 }
 
 // add registers r's host socket, edge-triggered for input, output and
-// hang-ups.
+// hang-ups. r's workers may already run (its endpoint's waiter entry is
+// registered first) and finish it meanwhile: finish stores closed, then
+// loads the id for remove; add stores the id, then loads closed. Go's
+// atomics are sequentially consistent, so at least one of them sees the
+// other's store and the registration never outlives the relay (unwatch
+// is idempotent).
 func (p *hostPoller) add(r *tcpRelay) error {
 	id, err := p.watch(r.host.rc, r, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET)
-	r.id = id
-	return err
+	if err != nil {
+		return err
+	}
+	r.id.Store(id)
+	if r.closed.Load() {
+		p.unwatch(r.host.rc, id)
+	}
+	return nil
 }
 
 // watch registers the socket behind rc for events, delivered to w, and
@@ -222,8 +233,13 @@ func (p *hostPoller) watch(rc syscall.RawConn, w hostWatcher, events uint32) (ui
 	return id, nil
 }
 
-// remove forgets r; call it before closing r's socket.
-func (p *hostPoller) remove(r *tcpRelay) { p.unwatch(r.host.rc, r.id) }
+// remove forgets r (if add registered it); call it after setting
+// r.closed and before closing r's socket.
+func (p *hostPoller) remove(r *tcpRelay) {
+	if id := r.id.Load(); id != 0 {
+		p.unwatch(r.host.rc, id)
+	}
+}
 
 // unwatch forgets the socket behind rc, registered as id.
 func (p *hostPoller) unwatch(rc syscall.RawConn, id uint64) {

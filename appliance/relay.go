@@ -119,7 +119,7 @@ type tcpRelay struct {
 	ep   tcpip.Endpoint
 	wq   *waiter.Queue
 	host *hostSock
-	id   uint64 // key in the host poller
+	id   atomic.Uint64 // key in the host poller; 0 until hostPoller.add
 
 	entry    waiter.Entry
 	up, down relayDir
