@@ -74,10 +74,10 @@ func TestStalledDownloadBounded(t *testing.T) {
 	if len(hosts) != 1 {
 		t.Fatalf("%d relayed host sockets, want 1", len(hosts))
 	}
-	unread, ierr := 0, error(nil)
-	hosts[0].rc.Control(func(fd uintptr) { unread, ierr = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
-	if ierr != nil {
-		t.Fatal(ierr)
+	var unread int
+	var ierr error
+	if err := hosts[0].rc.Control(func(fd uintptr) { unread, ierr = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }); err != nil || ierr != nil {
+		t.Fatalf("SIOCINQ on the host socket: %v %v", err, ierr)
 	}
 	t.Logf("host wrote %d bytes; gateway endpoint: sndbuf %d, send-q %d, wmem %d; %d left unread in the host socket", last, sock.SndBuf, sock.SendQ, sock.TMem, unread)
 	if sock.SendQ == 0 || sock.SendQ > int(sock.SndBuf) {

@@ -36,11 +36,12 @@ type MatrixConfig struct {
 	// (mergeMatrixRounds).
 	Repeat int
 	// Seed, when not 0, seeds the emulation's randomness (loss) of the
-	// i-th round (from 0) with Seed+i, the same for the kernel's run and ours: both sides
-	// of a pair then meet the same loss realization (the same packets,
-	// by their order in each direction, are lost), common random numbers
-	// that take the luck of the draw out of each round's ratio. 0 draws
-	// independently for every run. A spec that sets seed= keeps its own.
+	// i-th round (from 0) with Seed+i, the same for the kernel's run and
+	// ours: both sides of a pair then meet the same loss realization (the
+	// same packets, by their order in each direction, are lost), common
+	// random numbers that take the luck of the draw out of each round's
+	// ratio. 0 draws independently for every run. A spec that sets seed=
+	// keeps its own.
 	Seed uint64
 	// Progress receives one line per step; nil discards.
 	Progress io.Writer

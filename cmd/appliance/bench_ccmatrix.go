@@ -90,7 +90,7 @@ func runCCMatrix(cmd *cobra.Command, m matrixFlags, emulate string, dur time.Dur
 		fmt.Fprintf(cmd.OutOrStdout(), "bench: --cc-matrix, %d interleaved rounds: medians (range) of each side; appliance/kernel is the median (range) of each round's own ratio\n", repeat)
 	}
 	if m.seed != 0 && !asJSON {
-		fmt.Fprintf(cmd.OutOrStdout(), "bench: --cc-matrix: the emulation's random loss is seeded per round (round 1: seed %d, round 2: %d, ...), the same for both sides of a pair\n", m.seed, m.seed+1)
+		fmt.Fprintf(cmd.OutOrStdout(), "bench: --cc-matrix: the emulation's random loss is seeded per round (round 1: seed %d, round 2: %d, ...; a seed= in the spec instead), the same for both sides of a pair\n", m.seed, m.seed+1)
 	}
 	if werr := writeCCMatrix(cmd, rows, asJSON, plot); werr != nil {
 		return werr
