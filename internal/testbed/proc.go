@@ -91,13 +91,18 @@ func (p *Proc) Wait(timeout time.Duration) (int, error) {
 }
 
 // Stop sends SIGTERM to the process and waits up to timeout for it to exit.
-// If it does not, Stop kills the process group and returns ErrTimeout.
-// Otherwise it returns the exit code; other members of the group are left
-// alone so callers can check for leftovers (Kill ends them).
+// If it does not, Stop sends SIGQUIT (a Go program then writes every
+// goroutine's stack to stderr, which says where the shutdown hung), waits
+// up to two seconds for that, kills the process group and returns
+// ErrTimeout. Otherwise it returns the exit code; other members of the
+// group are left alone so callers can check for leftovers (Kill ends
+// them).
 func (p *Proc) Stop(timeout time.Duration) (int, error) {
 	_ = p.Signal(syscall.SIGTERM)
 	code, err := p.Wait(timeout)
 	if err != nil {
+		_ = p.Signal(syscall.SIGQUIT)
+		_, _ = p.Wait(2 * time.Second)
 		p.Kill()
 		return -1, err
 	}

@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"errors"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -62,5 +63,24 @@ func TestProc(t *testing.T) {
 	}
 	if pids := PidsWithArgs("echo ready; sleep 30; true", marker); len(pids) != 0 {
 		t.Errorf("PidsWithArgs after Stop = %v", pids)
+	}
+}
+
+// TestProcStopQuits: a process that ignores SIGTERM gets SIGQUIT before
+// the kill, so a hung Go program leaves its goroutine dump in Stderr.
+func TestProcStopQuits(t *testing.T) {
+	p, err := StartCmd(exec.Command("sh", "-c", `trap "" TERM; trap "echo got SIGQUIT >&2; exit 3" QUIT; echo ready; while :; do sleep 0.05; done`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Kill()
+	if err := p.WaitOutput("ready", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Stop(300 * time.Millisecond); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("Stop of a process ignoring SIGTERM = %v, want ErrTimeout", err)
+	}
+	if !strings.Contains(p.Stderr(), "got SIGQUIT") {
+		t.Errorf("stderr %q: want the SIGQUIT handler's output", p.Stderr())
 	}
 }
