@@ -224,10 +224,21 @@ func (s *Stack) RefuseNew() bool {
 	return true
 }
 
-// Destroy stops the memory accounting and destroys the gVisor stack.
+// Destroy stops the memory accounting and destroys the gVisor stack. It is
+// gVisor's Destroy (abort every endpoint, then wait for them and for the
+// links) with the NICs removed in between: gVisor's Stack.Wait waits for
+// each link endpoint's reader while it holds the stack's lock, and a reader
+// that was delivering a packet needing that lock (a RST's FindRoute for a
+// segment to an endpoint just aborted) would never return. RemoveNIC tells
+// the reader to stop under the lock but closes the link, which waits for
+// the reader, after releasing it.
 func (s *Stack) Destroy() {
 	s.mem.close()
-	s.Stack.Destroy()
+	s.Stack.Close()
+	for id := range s.NICInfo() {
+		_ = s.RemoveNIC(id)
+	}
+	s.Stack.Wait()
 }
 
 // tcpMemKey is net.ipv4.tcp_mem: "min pressure max" in pages.

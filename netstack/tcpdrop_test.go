@@ -43,6 +43,13 @@ func (p *rawPeer) send(flags header.TCPFlags, seq seqnum.Value, payload []byte) 
 }
 
 func (p *rawPeer) sendOpts(flags header.TCPFlags, seq seqnum.Value, payload, opts []byte) {
+	pkt := p.packet(flags, seq, payload, opts)
+	p.ep.InjectInbound(ipv4.ProtocolNumber, pkt)
+	pkt.DecRef()
+}
+
+// packet is the peer's segment, with valid checksums.
+func (p *rawPeer) packet(flags header.TCPFlags, seq seqnum.Value, payload, opts []byte) *stack.PacketBuffer {
 	tl := header.TCPMinimumSize + len(opts)
 	b := make([]byte, header.IPv4MinimumSize+tl+len(payload))
 	ip := header.IPv4(b)
@@ -56,9 +63,7 @@ func (p *rawPeer) sendOpts(flags header.TCPFlags, seq seqnum.Value, payload, opt
 	copy(tc[tl:], payload)
 	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, peerAddr, localAddr, uint16(len(tc)))
 	tc.SetChecksum(^checksum.Checksum(tc, xsum))
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
-	p.ep.InjectInbound(ipv4.ProtocolNumber, pkt)
-	pkt.DecRef()
+	return stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
 }
 
 // read returns the next segment the stack sent, within 5 s.
