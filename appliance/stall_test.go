@@ -14,13 +14,16 @@ import (
 // reads: the relay reads the host socket only into room in the gateway
 // endpoint's send buffer (hostReader), so the endpoint holds at most its
 // send buffer, the relay no buffer of its own, and the rest waits in the
-// host socket, whose window closes.
+// host socket, whose window closes. The send buffer grows with the
+// congestion window from Linux's 16 KiB default (tcp_wmem; it was a fixed
+// 4 MiB: 4.4 MiB of appliance memory per stalled download).
 func TestStalledDownloadBounded(t *testing.T) {
 	opts := testOptions()
 	opts.AllowHostLoopback = true
 	n := newTestNetMTU(t, opts, true, 1500)
 	// A container whose receive window stays at 8 KiB: the download
-	// stalls after a few segments.
+	// stalls after a few segments, with the gateway's congestion window
+	// still near its initial 10.
 	for k, v := range map[string]string{"net.ipv4.tcp_rmem": "4096 8192 8192", "net.ipv4.tcp_moderate_rcvbuf": "0"} {
 		if err := n.cs.Sysctl().Set(k, v); err != nil {
 			t.Fatal(err)
@@ -82,6 +85,12 @@ func TestStalledDownloadBounded(t *testing.T) {
 	t.Logf("host wrote %d bytes; gateway endpoint: sndbuf %d, send-q %d, wmem %d; %d left unread in the host socket", last, sock.SndBuf, sock.SendQ, sock.TMem, unread)
 	if sock.SendQ == 0 || sock.SendQ > int(sock.SndBuf) {
 		t.Errorf("send-q %d with a %d-byte send buffer: want the buffer full, and no more", sock.SendQ, sock.SndBuf)
+	}
+	// The buffer follows the congestion window (Linux's
+	// tcp_sndbuf_expand: 2 x max(10, cwnd) segments of 4.25 KiB each at
+	// MTU 1500, gVisor patch 0041) from the 16 KiB default.
+	if sock.SndBuf > 512<<10 {
+		t.Errorf("a stalled download's send buffer is %d bytes (cwnd %d): want it auto-tuned from 16 KiB, under 512 KiB here (it was a fixed 4 MiB)", sock.SndBuf, sock.Cwnd)
 	}
 	if unread == 0 {
 		t.Error("the relay drained its host socket although netstack had no room: it holds the data itself")

@@ -92,7 +92,13 @@ func New(opts Options) (*Stack, error) {
 		{"net.ipv4.tcp_moderate_rcvbuf", "1"},
 		{"net.ipv4.tcp_recovery", "0"},
 		{"net.ipv4.tcp_rmem", "4096 4194304 8388608"},
-		{"net.ipv4.tcp_wmem", "4096 4194304 8388608"},
+		// Linux's default send buffer: netstack grows it with the
+		// congestion window as Linux's tcp_sndbuf_expand does (2 x
+		// max(10, cwnd) x per_mss, up to the max; gVisor patch 0041). A
+		// fixed 4 MiB default had every download a container stopped
+		// reading pin 4.4 MiB of the appliance
+		// (TestStalledDownloadBounded).
+		{"net.ipv4.tcp_wmem", "4096 16384 8388608"},
 		// Linux sizes it from the established-hash (262144 on a 24 GiB
 		// machine); a netstack TIME-WAIT endpoint is a whole endpoint
 		// (about 9.5 KiB) against Linux's 200-byte bucket, so 16384

@@ -24,7 +24,7 @@ func TestDefaults(t *testing.T) {
 		"net.ipv4.tcp_moderate_rcvbuf":              "1",
 		"net.ipv4.tcp_recovery":                     "0",
 		"net.ipv4.tcp_rmem":                         "4096\t4194304\t8388608",
-		"net.ipv4.tcp_wmem":                         "4096\t4194304\t8388608",
+		"net.ipv4.tcp_wmem":                         "4096\t16384\t8388608",
 		"net.ipv4.tcp_available_congestion_control": "reno cubic bbr",
 		"net.ipv4.ip_default_ttl":                   "64",
 		"net.ipv4.tcp_max_tw_buckets":               "16384",

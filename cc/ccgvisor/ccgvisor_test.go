@@ -329,7 +329,9 @@ func TestPacing(t *testing.T) {
 			// The path's RTT (10 ms) is well above the pacing gap, as on real
 			// paths; with a zero-delay pipe every segment would be sampled
 			// alone over a microsecond RTT.
-			p := newPair(t, pairOpts{reg: reg, ccName: "fixed", emulate: emulate.Spec{Delay: 5 * time.Millisecond}})
+			// A writer that keeps the sender fed: the samples below must not
+			// be application-limited.
+			p := newPair(t, pairOpts{reg: reg, ccName: "fixed", emulate: emulate.Spec{Delay: 5 * time.Millisecond}, fedSender: true})
 			o := tcpip.TCPMinRTOOption(time.Second)
 			if err := p.a.Stack.SetTransportProtocolOption(tcp.ProtocolNumber, &o); err != nil {
 				t.Fatalf("SetTransportProtocolOption(%v): %v", o, err)

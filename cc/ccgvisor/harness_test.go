@@ -46,7 +46,16 @@ type pairOpts struct {
 	wrap func(stack.LinkEndpoint) stack.LinkEndpoint
 	// wrapB, if set, wraps b's pipe endpoint (b sends the ACKs).
 	wrapB func(stack.LinkEndpoint) stack.LinkEndpoint
+	// fedSender gives a the fixed 4 MiB send buffer, so that the
+	// transfer's writer always has data queued. Without it a's buffer
+	// auto-tunes from tcp_wmem's 16 KiB default, as the appliance's does,
+	// and under -race a slowed writer leaves the sender application-limited
+	// now and then.
+	fedSender bool
 }
+
+// fedWmem is the tcp_wmem a pairOpts.fedSender sender has.
+const fedWmem = "4096 4194304 8388608"
 
 // fixedPair is a pair whose sender keeps a fixed cwnd of 40 segments over
 // a 10 ms RTT, with a's pipe endpoint wrapped by wrap (a dropper or a
@@ -103,6 +112,11 @@ func newPair(t testing.TB, o pairOpts) *pair {
 		return s
 	}
 	p := &pair{a: mk(o.ccName), b: mk("reno")} // b only receives
+	if o.fedSender {
+		if err := p.a.Sysctl().Set("net.ipv4.tcp_wmem", fedWmem); err != nil {
+			t.Fatal(err)
+		}
+	}
 	la, lb := pipe.New("\x02\x00\x00\x00\x00\x01", "\x02\x00\x00\x00\x00\x02", o.mtu)
 	var linkA stack.LinkEndpoint = la
 	var linkB stack.LinkEndpoint = lb
