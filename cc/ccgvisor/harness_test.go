@@ -54,8 +54,13 @@ type pairOpts struct {
 	fedSender bool
 }
 
-// fedWmem is the tcp_wmem a pairOpts.fedSender sender has.
-const fedWmem = "4096 4194304 8388608"
+// feedSender gives a the fixed 4 MiB send buffer (pairOpts.fedSender).
+func (p *pair) feedSender(t testing.TB) {
+	t.Helper()
+	if err := p.a.Sysctl().Set("net.ipv4.tcp_wmem", "4096 4194304 8388608"); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // fixedPair is a pair whose sender keeps a fixed cwnd of 40 segments over
 // a 10 ms RTT, with a's pipe endpoint wrapped by wrap (a dropper or a
@@ -113,9 +118,7 @@ func newPair(t testing.TB, o pairOpts) *pair {
 	}
 	p := &pair{a: mk(o.ccName), b: mk("reno")} // b only receives
 	if o.fedSender {
-		if err := p.a.Sysctl().Set("net.ipv4.tcp_wmem", fedWmem); err != nil {
-			t.Fatal(err)
-		}
+		p.feedSender(t)
 	}
 	la, lb := pipe.New("\x02\x00\x00\x00\x00\x01", "\x02\x00\x00\x00\x00\x02", o.mtu)
 	var linkA stack.LinkEndpoint = la

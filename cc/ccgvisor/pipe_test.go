@@ -117,9 +117,7 @@ func TestSACKOutsideRecovery(t *testing.T) {
 	// counts unacked bytes in MSS-sized segments, and a send buffer that
 	// runs dry now and then (auto-tuned from 16 KiB) puts short segments
 	// in flight, each a whole packet in the in-flight count.
-	if err := p.a.Sysctl().Set("net.ipv4.tcp_wmem", fedWmem); err != nil {
-		t.Fatal(err)
-	}
+	p.feedSender(t)
 	var excess uint32 // the most the in-flight count exceeded unacked - sacked
 	var sackedSeen uint32
 	done := make(chan struct{})
