@@ -15,10 +15,11 @@ import (
 
 // readerLink is a link with a reader goroutine, as the TUN endpoint has:
 // Attach(nil) tells the reader to stop, and Wait and Close return once it
-// has returned. The reader delivers one packet.
+// has returned. The reader delivers one packet, once start is closed.
 type readerLink struct {
 	*channel.Endpoint
 	pkt       *stack.PacketBuffer
+	start     chan struct{} // closed by the test once the NIC is set up
 	stop      chan struct{} // closed by Attach(nil)
 	stopOnce  sync.Once
 	delivered chan struct{} // closed when the reader returns
@@ -32,6 +33,7 @@ func (l *readerLink) Attach(d stack.NetworkDispatcher) {
 	}
 	go func() {
 		defer close(l.delivered)
+		<-l.start
 		d.DeliverNetworkPacket(ipv4.ProtocolNumber, l.pkt)
 		l.pkt.DecRef()
 	}()
@@ -62,6 +64,7 @@ func TestDestroyWhileReaderDelivers(t *testing.T) {
 	l := &readerLink{
 		Endpoint:  channel.New(16, 1500, ""),
 		pkt:       p.packet(header.TCPFlagAck|header.TCPFlagPsh, p.sndNxt, []byte("late"), nil),
+		start:     make(chan struct{}),
 		stop:      make(chan struct{}),
 		delivered: make(chan struct{}),
 	}
@@ -74,7 +77,13 @@ func TestDestroyWhileReaderDelivers(t *testing.T) {
 	if _, err := s.AttachNIC(l, NICOptions{Name: "eth0", Addresses: []tcpip.AddressWithPrefix{{Address: localAddr, PrefixLen: 24}}, DefaultRoute: true}); err != nil {
 		t.Fatal(err)
 	}
-	<-held
+	// The NIC has its address and route only once AttachNIC returns.
+	close(l.start)
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the segment never reached the TCP handler")
+	}
 	destroyed := make(chan struct{})
 	go func() {
 		defer close(destroyed)
