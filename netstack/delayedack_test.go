@@ -1,0 +1,103 @@
+package netstack
+
+import (
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
+)
+
+// TestDelayedAckPingPong checks netstack's delayed ACK (gVisor patch 0036),
+// as Linux's: a connection that answers what it receives enters ping-pong
+// mode, after which the answer carries the ACK of a small request instead
+// of a bare ACK before it; a request left unanswered is acknowledged by the
+// delayed-ACK timer, no sooner than 40 ms, which also leaves ping-pong mode.
+func TestDelayedAckPingPong(t *testing.T) {
+	s := newTestStack(t, Options{})
+	ep := channel.New(256, 1500, "")
+	if _, err := s.AttachNIC(ep, NICOptions{Name: "eth0", Addresses: []tcpip.AddressWithPrefix{{Address: localAddr, PrefixLen: 24}}, DefaultRoute: true}); err != nil {
+		t.Fatal(err)
+	}
+	p, c := connectRaw(t, s, ep)
+	p.drain()
+	delayed := func() uint64 { return s.Stats().TCP.DelayedAcks.Value() }
+
+	// request sends one byte and waits until the application has it.
+	request := func(b byte) {
+		t.Helper()
+		p.send(header.TCPFlagAck|header.TCPFlagPsh, p.sndNxt, []byte{b})
+		p.sndNxt++
+		var got [1]byte
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(got[:]); err != nil || got[0] != b {
+			t.Fatalf("read %q, %v; want %q", got[0], err, b)
+		}
+	}
+	// answer writes one byte and returns the segments the peer got up to
+	// and including the one that carries it.
+	answer := func(b byte) []header.TCP {
+		t.Helper()
+		if _, err := c.Write([]byte{b}); err != nil {
+			t.Fatal(err)
+		}
+		var segs []header.TCP
+		for {
+			seg := p.read()
+			segs = append(segs, seg)
+			if len(seg.Payload()) > 0 {
+				p.rcvNxt = seqnum.Value(seg.SequenceNumber()).Add(seqnum.Size(len(seg.Payload())))
+				return segs
+			}
+		}
+	}
+
+	// The first exchange: not yet ping-pong, so the request is ACKed at
+	// once. The answer, within 40 ms of it, enters ping-pong mode.
+	request('a')
+	answer('A')
+
+	// In ping-pong mode the answer carries the ACK: no bare ACK first.
+	for _, b := range []byte("bcd") {
+		request(b)
+		segs := answer(b - 'a' + 'A')
+		if len(segs) != 1 {
+			t.Fatalf("request %q: %d segments before the answer's, want the answer alone (the bare ACK was not delayed)", b, len(segs)-1)
+		}
+		if got := seqnum.Value(segs[0].AckNumber()); got != p.sndNxt {
+			t.Fatalf("request %q: the answer acknowledges %d, want %d", b, got, p.sndNxt)
+		}
+	}
+	if n := delayed(); n != 0 {
+		t.Fatalf("%d delayed ACKs sent by the timer, want 0: every answer carried its ACK", n)
+	}
+
+	// A request left unanswered: the timer sends the ACK, no sooner than
+	// 40 ms after the request.
+	start := time.Now()
+	request('e')
+	ack := p.read()
+	waited := time.Since(start)
+	if len(ack.Payload()) != 0 || seqnum.Value(ack.AckNumber()) != p.sndNxt {
+		t.Fatalf("after an unanswered request: a segment of %d bytes acknowledging %d, want a bare ACK of %d", len(ack.Payload()), ack.AckNumber(), p.sndNxt)
+	}
+	if waited < 40*time.Millisecond {
+		t.Errorf("the unanswered request was ACKed after %v, want the 40 ms delayed-ACK timeout", waited)
+	}
+	if n := delayed(); n != 1 {
+		t.Errorf("%d delayed ACKs sent by the timer, want 1", n)
+	}
+
+	// The timer left ping-pong mode: the next request is ACKed at once,
+	// before its answer, and not by the timer.
+	request('f')
+	segs := answer('F')
+	if len(segs) != 2 || len(segs[0].Payload()) != 0 {
+		t.Errorf("after the timer fired: %d segments up to the answer, want a bare ACK, then the answer", len(segs))
+	}
+	if n := delayed(); n != 1 {
+		t.Errorf("%d delayed ACKs sent by the timer, want still 1", n)
+	}
+}
