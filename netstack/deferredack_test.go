@@ -3,9 +3,7 @@ package netstack
 import (
 	"testing"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
@@ -14,11 +12,7 @@ import (
 // batch's own work goes first; data the application writes meanwhile
 // carries it and no bare ACK follows; ProcessDeferred alone still ACKs.
 func TestDeferredAcks(t *testing.T) {
-	s := newTestStack(t, Options{})
-	ep := channel.New(256, 1500, "")
-	if _, err := s.AttachNIC(ep, NICOptions{Name: "eth0", Addresses: []tcpip.AddressWithPrefix{{Address: localAddr, PrefixLen: 24}}, DefaultRoute: true}); err != nil {
-		t.Fatal(err)
-	}
+	s, ep := rawStack(t)
 	p, c := connectRaw(t, s, ep)
 	p.drain()
 	tcp.SetDeferredProcessing(true)

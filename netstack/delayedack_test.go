@@ -4,9 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 )
 
@@ -16,11 +14,7 @@ import (
 // of a bare ACK before it; a request left unanswered is acknowledged by the
 // delayed-ACK timer, no sooner than 40 ms, which also leaves ping-pong mode.
 func TestDelayedAckPingPong(t *testing.T) {
-	s := newTestStack(t, Options{})
-	ep := channel.New(256, 1500, "")
-	if _, err := s.AttachNIC(ep, NICOptions{Name: "eth0", Addresses: []tcpip.AddressWithPrefix{{Address: localAddr, PrefixLen: 24}}, DefaultRoute: true}); err != nil {
-		t.Fatal(err)
-	}
+	s, ep := rawStack(t)
 	p, c := connectRaw(t, s, ep)
 	p.drain()
 	delayed := func() uint64 { return s.Stats().TCP.DelayedAcks.Value() }

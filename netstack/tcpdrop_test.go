@@ -94,6 +94,18 @@ func (p *rawPeer) drain() {
 	}
 }
 
+// rawStack is a test stack with one NIC, eth0 (localAddr/24, default
+// route), on a channel link for a rawPeer.
+func rawStack(t *testing.T) (*Stack, *channel.Endpoint) {
+	t.Helper()
+	s := newTestStack(t, Options{})
+	ep := channel.New(256, 1500, "")
+	if _, err := s.AttachNIC(ep, NICOptions{Name: "eth0", Addresses: []tcpip.AddressWithPrefix{{Address: localAddr, PrefixLen: 24}}, DefaultRoute: true}); err != nil {
+		t.Fatal(err)
+	}
+	return s, ep
+}
+
 // connect opens a connection from the peer to a listener on s and returns
 // the accepted end. The stack uses window scale 0 (no option sent).
 func connectRaw(t *testing.T, s *Stack, ep *channel.Endpoint) (*rawPeer, net.Conn) {
@@ -125,11 +137,7 @@ func connectRaw(t *testing.T, s *Stack, ep *channel.Endpoint) (*rawPeer, net.Con
 // exactly its own drop reason by one, and that consumed data counts as
 // delivered once.
 func TestTCPLateDrops(t *testing.T) {
-	s := newTestStack(t, Options{})
-	ep := channel.New(256, 1500, "")
-	if _, err := s.AttachNIC(ep, NICOptions{Name: "eth0", Addresses: []tcpip.AddressWithPrefix{{Address: localAddr, PrefixLen: 24}}, DefaultRoute: true}); err != nil {
-		t.Fatal(err)
-	}
+	s, ep := rawStack(t)
 	link := s.Outcomes().Link("eth0")
 	p, c := connectRaw(t, s, ep)
 	p.drain()
@@ -252,11 +260,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // charged in whole pages (charged minus used is Linux's fwd_alloc, under
 // a page); once read the charge goes back to zero.
 func TestSkmemMemInfo(t *testing.T) {
-	s := newTestStack(t, Options{})
-	ep := channel.New(256, 1500, "")
-	if _, err := s.AttachNIC(ep, NICOptions{Name: "eth0", Addresses: []tcpip.AddressWithPrefix{{Address: localAddr, PrefixLen: 24}}, DefaultRoute: true}); err != nil {
-		t.Fatal(err)
-	}
+	s, ep := rawStack(t)
 	p, c := connectRaw(t, s, ep)
 	var tep *tcp.Endpoint
 	waitFor(t, "established endpoint", func() bool {
