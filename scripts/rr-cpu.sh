@@ -10,25 +10,14 @@
 # Everything it makes is removed on exit.
 set -euo pipefail
 BIN=${1:-bin/appliance}; MODE=${2:-rr}; RUNS=${3:-3}
-H=rrcpuh$$; C=rrcpuc$$
-AP=; SP=
-cleanup() {
-	kill $AP $SP 2>/dev/null || true
-	wait $AP $SP 2>/dev/null || true
-	ip netns del $C 2>/dev/null || true
-	ip netns del $H 2>/dev/null || true
-}
-trap cleanup EXIT
-ip netns add $H; ip netns add $C
-ip -n $H link set lo up; ip -n $C link set lo up
-ip -n $H addr add 198.18.0.1/32 dev lo
-ip netns exec $H "$BIN" run --netns /run/netns/$C --mtu 1500 --no-ipv6 --log-level warn --name rrcpu$$ >/dev/null 2>&1 & AP=$!
-ip netns exec $H "$BIN" netperf serve 198.18.0.1:9000 >/dev/null 2>&1 & SP=$!
+. "$(dirname "$0")/netns.sh" rrcpu
+ip netns exec $H "$BIN" run --netns /run/netns/$C --mtu 1500 --no-ipv6 --log-level warn --name rrcpu$$ >/dev/null 2>&1 & AP=$!; PIDS+=($AP)
+ip netns exec $H "$BIN" netperf serve 198.18.0.1:9000 >/dev/null 2>&1 & PIDS+=($!)
 sleep 1.5
-APID=$(pgrep -f "run --netns /run/netns/$C" | head -1)
-[ -n "$APID" ] || { echo "rr-cpu: the appliance did not start" >&2; exit 1; }
+# ip netns exec execs the appliance: $AP is its PID.
+kill -0 $AP 2>/dev/null || { echo "rr-cpu: the appliance did not start" >&2; exit 1; }
 TCK=$(getconf CLK_TCK)
-cpu() { awk '{print $14+$15}' /proc/$APID/stat; }
+cpu() { awk '{print $14+$15}' /proc/$AP/stat; }
 for i in $(seq "$RUNS"); do
 	c0=$(cpu)
 	out=$(ip netns exec $C "$BIN" netperf "$MODE" 198.18.0.1:9000 3s 2>/dev/null)

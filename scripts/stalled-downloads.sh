@@ -10,19 +10,8 @@
 # Everything it makes is removed on exit.
 set -euo pipefail
 BIN=${1:-bin/appliance}; N=${2:-200}; MTU=${MTU:-65520}
-H=stallh$$; C=stallc$$
-AP=; SP=; CP=
-cleanup() {
-	kill $AP $SP $CP 2>/dev/null || true
-	wait 2>/dev/null || true
-	ip netns del $C 2>/dev/null || true
-	ip netns del $H 2>/dev/null || true
-}
-trap cleanup EXIT
-ip netns add $H; ip netns add $C
-ip -n $H link set lo up; ip -n $C link set lo up
-ip -n $H addr add 198.18.0.1/32 dev lo
-ip netns exec $H "$BIN" run --netns /run/netns/$C --mtu $MTU --no-ipv6 --log-level warn --name stall$$ >/dev/null 2>&1 & AP=$!
+. "$(dirname "$0")/netns.sh" stall
+ip netns exec $H "$BIN" run --netns /run/netns/$C --mtu $MTU --no-ipv6 --log-level warn --name stall$$ >/dev/null 2>&1 & AP=$!; PIDS+=($AP)
 ip netns exec $H timeout 120 python3 -c '
 import socket, threading
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -34,7 +23,7 @@ def feed(c):
     except Exception: pass
 while True:
     c, _ = s.accept(); threading.Thread(target=feed, args=(c,), daemon=True).start()
-' & SP=$!
+' & PIDS+=($!)
 for _ in $(seq 50); do ip -n $C addr show 2>/dev/null | grep -q 10.0.2.100 && break; sleep 0.1; done
 sleep 0.5
 r0=$(awk '/VmRSS/{print $2}' /proc/$AP/status)
@@ -45,7 +34,7 @@ for i in range($N):
     c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     c.connect(('198.18.0.1', 7000)); cs.append(c)
 time.sleep(30)
-" & CP=$!
+" & PIDS+=($!)
 sleep 6
 r1=$(awk '/VmRSS/{print $2}' /proc/$AP/status)
 echo "$(basename "$BIN"): MTU $MTU, $N stalled downloads: RSS ${r0} -> ${r1} KiB, $(( (r1 - r0) / N )) KiB each"
