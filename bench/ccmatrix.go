@@ -76,6 +76,10 @@ type MatrixRow struct {
 	// Seed is the emulation's seed for this run (MatrixConfig.Seed).
 	Seed  uint64 `json:"seed,omitempty"`
 	Error string `json:"error,omitempty"`
+	// Retried is the error of a first attempt that measured nothing
+	// (measureCell runs such a cell once more); the figures are the
+	// second attempt's.
+	Retried string `json:"retried,omitempty"`
 	// Rounds are the cell's single runs when MatrixConfig.Repeat > 1 (the
 	// row's figures are then their medians), in round order.
 	Rounds []MatrixRow `json:"rounds,omitempty"`
@@ -159,8 +163,37 @@ func roundSeed(seed uint64, i int, spec string) uint64 {
 }
 
 // measureCell runs one side of one cell: mode router is the kernel's alg,
-// gateway is netstack's; seed, when not 0, is added to spec.
+// gateway is netstack's; seed, when not 0, is added to spec. A run that
+// failed without measuring anything (a set-up step or iperf3 erred) is
+// run once more, its error kept in Retried: one flaky step should not
+// leave a hole in a matrix that takes half an hour, and the error still
+// shows.
 func measureCell(ctx context.Context, mc *MatrixConfig, alg, spec string, loss float64, extra bool, mode string, seed uint64) MatrixRow {
+	return retryUnmeasured(ctx, mc.Progress, func() MatrixRow {
+		return measureCellOnce(ctx, mc, alg, spec, loss, extra, mode, seed)
+	})
+}
+
+// retryUnmeasured is measureCell's retry: run again, once, when the first
+// run measured nothing and says why (not when the kernel lacks the
+// algorithm: that would fail again).
+func retryUnmeasured(ctx context.Context, progress io.Writer, run func() MatrixRow) MatrixRow {
+	row := run()
+	if row.Mbps > 0 || row.Error == "" || ctx.Err() != nil || strings.HasPrefix(row.Error, kernelLacks) {
+		return row
+	}
+	fmt.Fprintf(progress, "ccmatrix: %s %s %s measured nothing (%s); once more\n", row.Stack, row.CC, row.Emulate, row.Error)
+	again := run()
+	again.Retried = row.Error
+	return again
+}
+
+// kernelLacks starts the error of a kernel cell whose algorithm the
+// kernel does not have.
+const kernelLacks = "kernel has no "
+
+// measureCellOnce is one attempt of measureCell.
+func measureCellOnce(ctx context.Context, mc *MatrixConfig, alg, spec string, loss float64, extra bool, mode string, seed uint64) MatrixRow {
 	row := MatrixRow{Stack: "appliance", CC: alg, Emulate: spec, Loss: loss, Extra: extra, Seed: seed}
 	if seed != 0 {
 		spec += ",seed=" + strconv.FormatUint(seed, 10)
@@ -168,7 +201,7 @@ func measureCell(ctx context.Context, mc *MatrixConfig, alg, spec string, loss f
 	if mode == "router" {
 		row.Stack = "kernel"
 		if ok, avail := KernelCC(alg); !ok {
-			row.Error = fmt.Sprintf("kernel has no %s (available: %s)", alg, strings.Join(avail, " "))
+			row.Error = fmt.Sprintf(kernelLacks+"%s (available: %s)", alg, strings.Join(avail, " "))
 			return row
 		}
 	}
@@ -212,12 +245,15 @@ func mergeMatrixRounds(rounds [][]MatrixRow) []MatrixRow {
 	for j, first := range rounds[0] {
 		m := MatrixRow{Stack: first.Stack, CC: first.CC, Emulate: first.Emulate, Loss: first.Loss, Extra: first.Extra}
 		var mbps, ping, p95, rtx, rto, spur, nrtx, lost, qd, rl []float64
-		var errs []string
+		var errs, retried []string
 		for i, round := range rounds {
 			r := round[j]
 			m.Rounds = append(m.Rounds, r)
 			if r.Error != "" {
 				errs = append(errs, fmt.Sprintf("round %d: %s", i+1, r.Error))
+			}
+			if r.Retried != "" {
+				retried = append(retried, fmt.Sprintf("round %d: %s", i+1, r.Retried))
 			}
 			if r.Mbps == 0 {
 				continue // failed: its counters mean nothing either
@@ -233,7 +269,7 @@ func mergeMatrixRounds(rounds [][]MatrixRow) []MatrixRow {
 		m.NetstackTimeouts, m.NetstackSpuriousRTOs = uint64(median(rto)), uint64(median(spur))
 		m.NetstackRetransmits, m.NetstackLostRetransmits = uint64(median(nrtx)), uint64(median(lost))
 		m.QueueDrops, m.Lost = uint64(median(qd)), uint64(median(rl))
-		m.Error = strings.Join(errs, "; ")
+		m.Error, m.Retried = strings.Join(errs, "; "), strings.Join(retried, "; ")
 		out[j] = m
 	}
 	return out
@@ -303,5 +339,10 @@ func WriteMatrix(w io.Writer, rows []MatrixRow) {
 			cellOf(k, fmt.Sprintf("%.1f", k.Mbps)+spread(k)), cellOf(a, fmt.Sprintf("%.1f", a.Mbps)+spread(a)), ratio,
 			fmt.Sprintf("%.1f/%.1f", k.PingMeanMs, k.PingP95Ms), fmt.Sprintf("%.1f/%.1f", a.PingMeanMs, a.PingP95Ms),
 			k.Retransmits, a.Retransmits, a.NetstackTimeouts, a.NetstackSpuriousRTOs, a.NetstackRetransmits, a.NetstackLostRetransmits)
+	}
+	for _, r := range rows {
+		if r.Retried != "" {
+			fmt.Fprintf(w, "\nRetried: %s %s %s measured nothing the first time: %s\n", r.Stack, r.CC, r.Emulate, r.Retried)
+		}
 	}
 }

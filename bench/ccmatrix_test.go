@@ -2,6 +2,8 @@ package bench
 
 import (
 	"bytes"
+	"context"
+	"io"
 	"math"
 	"strings"
 	"testing"
@@ -22,6 +24,7 @@ func TestMergeMatrixRounds(t *testing.T) {
 	// at loss 0 failed: its 0 is left out of the median and the ratios.
 	rounds := [][]MatrixRow{round(94, 90, 5, 4), round(90, 80, 20, 5), round(92, 0, 4, 6)}
 	rounds[2][1].Error = "iperf3: boom"
+	rounds[1][2].Retried = "iperf3: bang"
 	got := mergeMatrixRounds(rounds)
 	if len(got) != 4 {
 		t.Fatalf("%d rows, want 4", len(got))
@@ -40,6 +43,9 @@ func TestMergeMatrixRounds(t *testing.T) {
 	if len(got[1].Rounds) != 3 || got[1].Error != "round 3: iperf3: boom" {
 		t.Errorf("appliance loss 0: %d rounds, error %q; want 3 and the round's error", len(got[1].Rounds), got[1].Error)
 	}
+	if got[2].Retried != "round 2: iperf3: bang" || got[2].Error != "" {
+		t.Errorf("kernel loss 1%%: retried %q, error %q; want the round's first attempt's error in Retried only", got[2].Retried, got[2].Error)
+	}
 	med, lo, hi, ok := MatrixRatio(got[3], got[2])
 	if !ok || med != 0.8 || lo != 0.25 || hi != 1.5 {
 		t.Errorf("MatrixRatio at 1%% = %v (%v-%v) %v, want 0.8 (0.25-1.5) true", med, lo, hi, ok)
@@ -56,7 +62,7 @@ func TestMergeMatrixRounds(t *testing.T) {
 	}
 	var b bytes.Buffer
 	WriteMatrix(&b, got)
-	for _, s := range []string{"| 5.0 (4.0-20.0) | 5.0 (4.0-6.0) | 0.80 (0.25-1.50) |", "| 92.0 (90.0-94.0) | 85.0 (80.0-90.0) |"} {
+	for _, s := range []string{"| 5.0 (4.0-20.0) | 5.0 (4.0-6.0) | 0.80 (0.25-1.50) |", "| 92.0 (90.0-94.0) | 85.0 (80.0-90.0) |", "Retried: kernel reno e,loss=1% measured nothing the first time: round 2: iperf3: bang"} {
 		if !strings.Contains(b.String(), s) {
 			t.Errorf("table lacks %q:\n%s", s, b.String())
 		}
@@ -80,5 +86,47 @@ func TestRoundSeed(t *testing.T) {
 		if got := roundSeed(c.seed, c.round, c.spec); got != c.want {
 			t.Errorf("roundSeed(%d, %d, %q) = %d, want %d", c.seed, c.round, c.spec, got, c.want)
 		}
+	}
+}
+
+// TestRetryUnmeasured: a run that measured nothing and says why is run
+// once more, its error kept in Retried; a measured run, however slow, a
+// kernel without the algorithm and a second failure are not retried.
+func TestRetryUnmeasured(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		runs    []MatrixRow
+		calls   int
+		mbps    float64
+		retried string
+	}{
+		{"measured", []MatrixRow{{Mbps: 0.05}}, 1, 0.05, ""},
+		{"failed then measured", []MatrixRow{{Error: "iperf3: boom"}, {Mbps: 3}}, 2, 3, "iperf3: boom"},
+		{"failed twice", []MatrixRow{{Error: "iperf3: boom"}, {Error: "iperf3: bang"}}, 2, 0, "iperf3: boom"},
+		{"kernel lacks", []MatrixRow{{Error: kernelLacks + "bbr (available: reno cubic)"}}, 1, 0, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			calls := 0
+			got := retryUnmeasured(context.Background(), io.Discard, func() MatrixRow {
+				calls++
+				if calls > len(c.runs) {
+					t.Fatalf("run %d, want at most %d", calls, len(c.runs))
+				}
+				return c.runs[calls-1]
+			})
+			if calls != c.calls || got.Mbps != c.mbps || got.Retried != c.retried {
+				t.Errorf("%d runs, %v Mbit/s, retried %q; want %d, %v, %q", calls, got.Mbps, got.Retried, c.calls, c.mbps, c.retried)
+			}
+			if c.calls == 2 && got.Error != c.runs[1].Error {
+				t.Errorf("error %q, want the second run's %q", got.Error, c.runs[1].Error)
+			}
+		})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	calls := 0
+	retryUnmeasured(ctx, io.Discard, func() MatrixRow { calls++; return MatrixRow{Error: "interrupted"} })
+	if calls != 1 {
+		t.Errorf("cancelled: %d runs, want 1", calls)
 	}
 }
