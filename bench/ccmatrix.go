@@ -163,23 +163,30 @@ func roundSeed(seed uint64, i int, spec string) uint64 {
 }
 
 // measureCell runs one side of one cell: mode router is the kernel's alg,
-// gateway is netstack's; seed, when not 0, is added to spec. A run that
-// failed without measuring anything (a set-up step or iperf3 erred) is
-// run once more, its error kept in Retried: one flaky step should not
-// leave a hole in a matrix that takes half an hour, and the error still
-// shows.
+// gateway is netstack's; seed, when not 0, is added to spec. The run is
+// retried once if it measured nothing (retryUnmeasured).
 func measureCell(ctx context.Context, mc *MatrixConfig, alg, spec string, loss float64, extra bool, mode string, seed uint64) MatrixRow {
-	return retryUnmeasured(ctx, mc.Progress, func() MatrixRow {
-		return measureCellOnce(ctx, mc, alg, spec, loss, extra, mode, seed)
-	})
+	row := MatrixRow{Stack: "appliance", CC: alg, Emulate: spec, Loss: loss, Extra: extra, Seed: seed}
+	if seed != 0 {
+		spec += ",seed=" + strconv.FormatUint(seed, 10)
+	}
+	if mode == "router" {
+		row.Stack = "kernel"
+		if ok, avail := KernelCC(alg); !ok {
+			row.Error = fmt.Sprintf("kernel has no %s (available: %s)", alg, strings.Join(avail, " "))
+			return row
+		}
+	}
+	return retryUnmeasured(ctx, mc.Progress, func() MatrixRow { return measureRun(ctx, mc, row, mode, spec) })
 }
 
-// retryUnmeasured is measureCell's retry: run again, once, when the first
-// run measured nothing and says why (not when the kernel lacks the
-// algorithm: that would fail again).
+// retryUnmeasured runs run, and once more if it measured nothing and
+// says why (a set-up step or iperf3 erred), keeping the first error in
+// Retried: one flaky step should not leave a hole in a matrix that takes
+// half an hour, and the error still shows.
 func retryUnmeasured(ctx context.Context, progress io.Writer, run func() MatrixRow) MatrixRow {
 	row := run()
-	if row.Mbps > 0 || row.Error == "" || ctx.Err() != nil || strings.HasPrefix(row.Error, kernelLacks) {
+	if row.Mbps > 0 || row.Error == "" || ctx.Err() != nil {
 		return row
 	}
 	fmt.Fprintf(progress, "ccmatrix: %s %s %s measured nothing (%s); once more\n", row.Stack, row.CC, row.Emulate, row.Error)
@@ -188,25 +195,11 @@ func retryUnmeasured(ctx context.Context, progress io.Writer, run func() MatrixR
 	return again
 }
 
-// kernelLacks starts the error of a kernel cell whose algorithm the
-// kernel does not have.
-const kernelLacks = "kernel has no "
-
-// measureCellOnce is one attempt of measureCell.
-func measureCellOnce(ctx context.Context, mc *MatrixConfig, alg, spec string, loss float64, extra bool, mode string, seed uint64) MatrixRow {
-	row := MatrixRow{Stack: "appliance", CC: alg, Emulate: spec, Loss: loss, Extra: extra, Seed: seed}
-	if seed != 0 {
-		spec += ",seed=" + strconv.FormatUint(seed, 10)
-	}
-	if mode == "router" {
-		row.Stack = "kernel"
-		if ok, avail := KernelCC(alg); !ok {
-			row.Error = fmt.Sprintf(kernelLacks+"%s (available: %s)", alg, strings.Join(avail, " "))
-			return row
-		}
-	}
-	fmt.Fprintf(mc.Progress, "ccmatrix: %s %s %s\n", row.Stack, alg, spec)
-	res, err := Run(ctx, Config{Bin: mc.Bin, Mode: mode, CC: alg, Emulate: spec, Series: true,
+// measureRun is one run of measureCell: row with the download's figures
+// across spec (row.Emulate plus the seed) filled in.
+func measureRun(ctx context.Context, mc *MatrixConfig, row MatrixRow, mode, spec string) MatrixRow {
+	fmt.Fprintf(mc.Progress, "ccmatrix: %s %s %s\n", row.Stack, row.CC, spec)
+	res, err := Run(ctx, Config{Bin: mc.Bin, Mode: mode, CC: row.CC, Emulate: spec, Series: true,
 		Time: mc.Time, Compare: []string{}, MTUs: []int{1500}, Progress: mc.Progress, downOnly: true})
 	if err != nil {
 		row.Error = err.Error()

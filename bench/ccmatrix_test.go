@@ -91,7 +91,8 @@ func TestRoundSeed(t *testing.T) {
 
 // TestRetryUnmeasured: a run that measured nothing and says why is run
 // once more, its error kept in Retried; a measured run, however slow, a
-// kernel without the algorithm and a second failure are not retried.
+// kernel without the algorithm (measureCell runs nothing) and a second
+// failure are not retried.
 func TestRetryUnmeasured(t *testing.T) {
 	for _, c := range []struct {
 		name    string
@@ -103,7 +104,6 @@ func TestRetryUnmeasured(t *testing.T) {
 		{"measured", []MatrixRow{{Mbps: 0.05}}, 1, 0.05, ""},
 		{"failed then measured", []MatrixRow{{Error: "iperf3: boom"}, {Mbps: 3}}, 2, 3, "iperf3: boom"},
 		{"failed twice", []MatrixRow{{Error: "iperf3: boom"}, {Error: "iperf3: bang"}}, 2, 0, "iperf3: boom"},
-		{"kernel lacks", []MatrixRow{{Error: kernelLacks + "bbr (available: reno cubic)"}}, 1, 0, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			calls := 0
@@ -128,5 +128,10 @@ func TestRetryUnmeasured(t *testing.T) {
 	retryUnmeasured(ctx, io.Discard, func() MatrixRow { calls++; return MatrixRow{Error: "interrupted"} })
 	if calls != 1 {
 		t.Errorf("cancelled: %d runs, want 1", calls)
+	}
+	mc := &MatrixConfig{Progress: io.Discard}
+	row := measureCell(context.Background(), mc, "no-such-cc", "rate=100mbit", 0, false, "router", 0)
+	if !strings.HasPrefix(row.Error, "kernel has no no-such-cc") || row.Retried != "" || row.Stack != "kernel" {
+		t.Errorf("kernel lacks the algorithm: %+v, want a kernel row with that error, not retried", row)
 	}
 }

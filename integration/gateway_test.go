@@ -869,22 +869,19 @@ func TestBench(t *testing.T) {
 // meet the same loss realization; --seed 0 leaves them unseeded.
 func TestBenchCCMatrix(t *testing.T) {
 	requireRoot(t)
-	type row struct {
-		Stack   string
-		CC      string
-		Loss    float64 `json:"loss_pct"`
+	type run struct {
 		Mbps    float64
 		Lost    uint64
 		Seed    uint64
 		Error   string
 		Retried string
-		Rounds  []struct {
-			Mbps    float64
-			Lost    uint64
-			Seed    uint64
-			Error   string
-			Retried string
-		}
+	}
+	type row struct {
+		Stack string
+		CC    string
+		Loss  float64 `json:"loss_pct"`
+		run
+		Rounds []run
 	}
 	matrix := func(extra ...string) []row {
 		t.Helper()
