@@ -116,3 +116,64 @@ func TestLinkBatchRelay(t *testing.T) {
 		t.Fatalf("bulk echo: %d of %d bytes, equal %v, err %v", len(got), len(want), bytes.Equal(got, want), err)
 	}
 }
+
+// TestLinkBatchShortConnections: connections that send a request, get the
+// answer and close (netperf's TCP_CRR) are relayed without a worker
+// goroutine, with the link's deliveries bracketed by a LinkBatch as the
+// TUN reader does. Before, each connection started one at its close: the
+// hang-up that netstack reported after the data's notification kicked a
+// direction that had already ended, or, arriving in the same batch as the
+// data, made the inline pass look again on a goroutine.
+func TestLinkBatchShortConnections(t *testing.T) {
+	tcp.SetDeferredProcessing(true)
+	t.Cleanup(func() { tcp.SetDeferredProcessing(false) })
+	batch := NewLinkBatch(true)
+	beforeInject, afterInject = batch.Begin, batch.End
+	t.Cleanup(func() { beforeInject, afterInject = nil, nil })
+	opts := testOptions()
+	opts.AllowHostLoopback = true
+	opts.Batch = batch
+	n := newTestNet(t, opts, true)
+	defer n.close()
+
+	// The server answers one request and closes, as netperf's does.
+	l := hostServer(t, func(c net.Conn) {
+		defer c.Close()
+		b := make([]byte, 16)
+		k, err := c.Read(b)
+		if err != nil {
+			return
+		}
+		c.Write(bytes.ToUpper(b[:k]))
+	})
+	const conns = 50
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	workers := func() uint64 { return n.gw.Counters()["tcp_relay_workers"] }
+	before := workers()
+	for i := range conns {
+		c, err := n.dial(ctx, gwAddr(tcpPort(l)))
+		if err != nil {
+			t.Fatalf("connection %d: dial: %v", i, err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatalf("connection %d: write: %v", i, err)
+		}
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "X" {
+			t.Fatalf("connection %d: read %q, %v; want X, then EOF", i, got, err)
+		}
+		c.Close()
+	}
+	// Wait for the relays to finish: the last close may still be on its way.
+	deadline := time.Now().Add(10 * time.Second)
+	for n.gw.Counters()["tcp_flows_closed"] < conns && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Before, at least one per connection; a few remain where a kick
+	// from another goroutine interrupts an inline pass.
+	if w := workers() - before; w > conns/2 {
+		t.Errorf("%d relay worker goroutines for %d short connections; want few", w, conns)
+	}
+}

@@ -9,6 +9,7 @@ type counters struct {
 	tcpDialWaited   atomic.Uint64 // connect did not end within connect(2)
 	tcpHandshake    atomic.Uint64 // dial succeeded but the container side did not
 	tcpRefusedDrain atomic.Uint64
+	tcpRelayWorkers atomic.Uint64 // worker goroutines the TCP relays started
 	udpSetupFailed  atomic.Uint64
 	udpCapDropped   atomic.Uint64
 	udpDrainDropped atomic.Uint64
@@ -31,6 +32,8 @@ type counters struct {
 //	tcp_dials_waited                  host dials whose connect went on after connect(2) returned
 //	tcp_handshake_failures            host dial worked but the container handshake did not
 //	tcp_refused_draining              SYNs refused during Shutdown
+//	tcp_relay_workers                 goroutines the TCP relays started: passes the
+//	                                  reader or the host poller could not run inline
 //	udp_setup_failures                UDP flows that failed to set up
 //	udp_flows_dropped_cap             new UDP flows dropped at MaxUDPFlows
 //	udp_flows_dropped_draining        new UDP flows dropped during Shutdown
@@ -50,6 +53,7 @@ func (g *Gateway) Counters() map[string]uint64 {
 		"tcp_dials_waited":           c.tcpDialWaited.Load(),
 		"tcp_handshake_failures":     c.tcpHandshake.Load(),
 		"tcp_refused_draining":       c.tcpRefusedDrain.Load(),
+		"tcp_relay_workers":          c.tcpRelayWorkers.Load(),
 		"udp_setup_failures":         c.udpSetupFailed.Load(),
 		"udp_flows_dropped_cap":      c.udpCapDropped.Load(),
 		"udp_flows_dropped_draining": c.udpDrainDropped.Load(),

@@ -153,7 +153,7 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 		pingSem: make(chan struct{}, maxConcurrentPings),
 	}
 	g.outcomes = s.Outcomes().Link(NICName)
-	if g.poller, err = newHostPoller(opts.HostPoll == nil); err != nil {
+	if g.poller, err = newHostPoller(opts.HostPoll); err != nil {
 		cancel()
 		s.Destroy()
 		return nil, fmt.Errorf("gateway: %w", err)

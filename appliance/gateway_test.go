@@ -64,45 +64,46 @@ func TestTCPRelayHalfClose(t *testing.T) {
 // TestTCPRelayReaderHostPoll runs the relay with the host sockets' epoll
 // instance served by a stand-in for the TUN reader (ReaderHostPoll, as
 // `appliance run` does): the gateway starts no host poller goroutine, so
-// the echo only comes back through Service.
+// the echo only comes back through Dispatch.
 func TestTCPRelayReaderHostPoll(t *testing.T) {
 	opts := testOptions()
 	opts.AllowHostLoopback = true
-	hp := &ReaderHostPoll{}
+	hp, err := NewReaderHostPoll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hp.Close()
 	opts.HostPoll = hp
 	n := newTestNet(t, opts, true)
-	if hp.PollFD() < 0 {
-		t.Fatal("PollFD() < 0 after NewGateway: not bound")
+	if !hp.bound() {
+		t.Fatal("no gateway bound after NewGateway")
 	}
 	// The reader waits for the epoll instance: Go's poller must not.
 	if err := n.gw.poller.file.SetDeadline(time.Now().Add(time.Hour)); !errors.Is(err, os.ErrNoDeadline) {
 		t.Errorf("the reader-served epoll instance takes deadlines (%v): it is in Go's netpoller", err)
 	}
-	var serviced atomic.Int64
+	var dispatched atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { // the reader's part: wait for the descriptor, then Service
+	go func() { // the reader's part: wait in the instance, then Dispatch
 		defer close(done)
+		events := make([]unix.EpollEvent, 16)
 		for ctx.Err() == nil {
-			if fd := hp.PollFD(); fd >= 0 {
-				pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-				if k, _ := unix.Poll(pfd, 20); k > 0 {
-					hp.Service()
-					serviced.Add(1)
-				}
-			} else {
-				time.Sleep(5 * time.Millisecond)
+			k, _ := unix.EpollWait(hp.PollFD(), events, 20)
+			if k > 0 {
+				hp.Dispatch(events[:k])
+				dispatched.Add(1)
 			}
 		}
 	}()
 	defer func() { cancel(); <-done }()
 	halfCloseEcho(t, n)
-	if serviced.Load() == 0 {
-		t.Error("the echo came back without Service: a host poller goroutine is running")
+	if dispatched.Load() == 0 {
+		t.Error("the echo came back without Dispatch: a host poller goroutine is running")
 	}
 	n.close()
-	if fd := hp.PollFD(); fd != -1 {
-		t.Errorf("PollFD() = %d after Close, want -1 (unbound before the epoll instance closed)", fd)
+	if hp.bound() {
+		t.Error("still bound after Close: the gateway did not unbind before closing its epoll instance")
 	}
 }
 

@@ -25,7 +25,8 @@ import (
 // than blocking a thread in epoll_wait: an event then wakes it as any
 // network goroutine is woken, without a thread coming back from a
 // blocking syscall to find a P. Served by a TUN reader (ReaderHostPoll),
-// it is not.
+// it is not: the instance is the ReaderHostPoll's, which the reader waits
+// in together with its device.
 type hostPoller struct {
 	epfd int
 	file *os.File // epfd; in Go's poller only when run serves it
@@ -44,17 +45,24 @@ type hostPoller struct {
 	// onReader is set when a link's reader serves the epoll instance
 	// (ReaderHostPoll) instead of run.
 	onReader *ReaderHostPoll
-	events   []unix.EpollEvent // service's, owned by the reader
 }
 
-// newHostPoller makes the epoll instance. polled puts it in Go's netpoller,
-// for run to wait on; a poller a TUN reader serves (ReaderHostPoll) stays
-// out of it, or every host event would also wake a thread parked in the
-// runtime's epoll_wait (see package unpolled).
-func newHostPoller(polled bool) (*hostPoller, error) {
-	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+// newHostPoller makes the epoll instance, for run to wait on in Go's
+// netpoller; or, given the ReaderHostPoll of a TUN reader, takes a
+// duplicate of that one's, which stays out of the netpoller (or every host
+// event would also wake a thread parked in the runtime's epoll_wait; see
+// package unpolled).
+func newHostPoller(shared *ReaderHostPoll) (*hostPoller, error) {
+	polled := shared == nil
+	var epfd int
+	var err error
+	if polled {
+		epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	} else {
+		epfd, err = unix.FcntlInt(uintptr(shared.PollFD()), unix.F_DUPFD_CLOEXEC, 0)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("host poller: epoll_create1: %w", err)
+		return nil, fmt.Errorf("host poller: epoll instance: %w", err)
 	}
 	var f *os.File
 	if polled {
@@ -118,55 +126,47 @@ func (p *hostPoller) dispatch(events []unix.EpollEvent) {
 	}
 }
 
-// service delivers the events pending now, without waiting: run's work
-// done by a link's reader (ReaderHostPoll).
-func (p *hostPoller) service() {
-	if p.events == nil {
-		p.events = make([]unix.EpollEvent, 128)
-	}
-	for range 16 { // bounded: the reader has its own device to read
-		n, err := unix.EpollWait(p.epfd, p.events, 0)
-		if err != nil || n <= 0 {
-			return
-		}
-		p.dispatch(p.events[:n])
-		if n < len(p.events) {
-			return
-		}
-	}
-}
-
 // ReaderHostPoll lets the TUN reader serve the gateway's host-socket epoll
-// instance (it is a tun.PollSource): the reader watches it in the same
-// ppoll as its device and relays host data on its own thread. Without it
-// the gateway's host poller goroutine did, and every reply a host socket
-// received woke that goroutine through Go's poller (another thread, and
-// often a second wake-up to find it a P) before the reply could be written
-// to the TUN. Pass one to both tun.EndpointOptions.Also and
-// Options.HostPoll; the gateway binds it when it starts and unbinds it
-// before it closes the epoll instance.
+// instance (it is a tun.PollSource): the instance is this one's, the
+// reader waits in it together with its device, and the host sockets'
+// events are relayed on the reader's thread. Without it the gateway's host
+// poller goroutine did, and every reply a host socket received woke that
+// goroutine through Go's poller (another thread, and often a second
+// wake-up to find it a P) before the reply could be written to the TUN.
+// Pass one to both tun.EndpointOptions.Also and Options.HostPoll; the
+// gateway binds it when it starts and unbinds it when it stops. Events
+// while no gateway is bound are dropped (its sockets are registered
+// edge-triggered, so they do not come back). Close it once both are done.
 type ReaderHostPoll struct {
-	mu sync.RWMutex
+	epfd int
+	mu   sync.RWMutex
 	// +checklocks:mu
 	p *hostPoller
 }
 
-// PollFD implements tun.PollSource.
-func (h *ReaderHostPoll) PollFD() int {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	if h.p == nil {
-		return -1
+// NewReaderHostPoll makes the epoll instance the reader and the gateway
+// share.
+func NewReaderHostPoll() (*ReaderHostPoll, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("host poller: epoll_create1: %w", err)
 	}
-	return h.p.epfd
+	return &ReaderHostPoll{epfd: epfd}, nil
 }
 
-// Service implements tun.PollSource.
-func (h *ReaderHostPoll) Service() {
+// Close closes h's descriptor; the reader and the gateway hold duplicates
+// of their own.
+func (h *ReaderHostPoll) Close() error { return unix.Close(h.epfd) }
+
+// PollFD implements tun.PollSource.
+func (h *ReaderHostPoll) PollFD() int { return h.epfd }
+
+// Dispatch implements tun.PollSource.
+func (h *ReaderHostPoll) Dispatch(events []unix.EpollEvent) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	if h.p != nil {
-		h.p.service()
+		h.p.dispatch(events)
 	}
 }
 
@@ -177,11 +177,18 @@ func (h *ReaderHostPoll) bind(p *hostPoller) {
 	p.onReader = h
 }
 
-// unbind waits for a Service in progress, then detaches.
+// unbind waits for a Dispatch in progress, then detaches.
 func (h *ReaderHostPoll) unbind() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.p = nil
+}
+
+// bound reports whether a gateway is bound (tests).
+func (h *ReaderHostPoll) bound() bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.p != nil
 }
 
 // add registers r's host socket, edge-triggered for input, output and
@@ -270,8 +277,8 @@ func (p *hostPoller) stop() {
 	p.closed = true
 	p.mu.Unlock()
 	if p.onReader != nil {
-		p.onReader.unbind() // the reader no longer touches epfd
-		p.file.Close()
+		p.onReader.unbind() // no Dispatch reaches p from now on
+		p.file.Close()      // p's duplicate; the instance is the reader's
 		return
 	}
 	p.file.Close() // wakes run with an error

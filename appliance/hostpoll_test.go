@@ -13,7 +13,7 @@ import (
 // must not stay registered (a watcher left behind keeps the relay and its
 // map entry for the gateway's lifetime).
 func TestHostPollerAddRacesFinish(t *testing.T) {
-	p, err := newHostPoller(false)
+	p, err := newHostPoller(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

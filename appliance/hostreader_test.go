@@ -117,3 +117,34 @@ func TestHostReaderBulkAndEOF(t *testing.T) {
 	}
 	t.Fatalf("no EOF after %d of %d bytes", got.Len(), len(data))
 }
+
+// TestHostReaderShortDry: with shortDry (an edge-triggered event that
+// reported data only) a read shorter than asked counts as the socket
+// running dry, and the reader makes no further read(2); without it, the
+// reader reads on, here into the peer's close.
+func TestHostReaderShortDry(t *testing.T) {
+	for _, shortDry := range []bool{true, false} {
+		fds := nonblockingPair(t)
+		if _, err := unix.Write(fds[1], []byte("0123456789")); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Shutdown(fds[1], unix.SHUT_WR); err != nil {
+			t.Fatal(err)
+		}
+		hr := hostReader{fd: fds[0], shortDry: shortDry}
+		p := make([]byte, 100)
+		if n, err := hr.Read(p); n != 10 || err != nil {
+			t.Fatalf("shortDry=%v: first read %d, %v; want 10, nil", shortDry, n, err)
+		}
+		if hr.drained != shortDry {
+			t.Fatalf("shortDry=%v: drained=%v after a short read", shortDry, hr.drained)
+		}
+		if n, err := hr.Read(p); n != 0 || err != io.EOF {
+			t.Fatalf("shortDry=%v: second read %d, %v; want 0, io.EOF", shortDry, n, err)
+		}
+		// Only a second read(2) sees the peer's close.
+		if hr.eof == shortDry {
+			t.Errorf("shortDry=%v: eof=%v: want a read(2) after the short one only without shortDry", shortDry, hr.eof)
+		}
+	}
+}

@@ -100,6 +100,11 @@ type relayDir struct {
 	pending *[]byte
 	off, n  int
 	eof     bool // the source ended and the destination was half-closed
+	// ended is eof for the event handlers: a direction that ended is not
+	// kicked again (a hang-up then concerns the other direction, or
+	// both ended and the relay finished). Kicking it started a goroutine
+	// that found eof and stopped: one per connection, at its close.
+	ended atomic.Bool
 }
 
 // tcpRelay relays one TCP connection between a netstack endpoint (the
@@ -150,28 +155,34 @@ func (g *Gateway) relayTCP(ep tcpip.Endpoint, wq *waiter.Queue, hs *hostSock) {
 		r.finish(err)
 		return
 	}
-	// Data may have arrived before the registrations.
-	r.kick(&r.up)
-	r.kick(&r.down)
+	// Data may have arrived before the registrations. Only the endpoint
+	// needs a look: epoll reports a descriptor that is ready when it is
+	// added. (Kicking both directions started two worker goroutines per
+	// connection that mostly found nothing to do.) If it has data, the
+	// calling goroutine (the SYN's handler, which ends here) relays it
+	// rather than starting another, unless a kick got there first.
+	if r.ep.Readiness(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr) != 0 && r.up.state.CompareAndSwap(dirIdle, dirRunning) {
+		r.work(&r.up)
+	}
 }
 
 // NotifyEvent implements waiter.EventListener: netstack calls it with its
 // queue's lock held, so it only kicks.
 func (r *tcpRelay) NotifyEvent(m waiter.EventMask) {
-	if m&(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr) != 0 {
+	if m&(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr) != 0 && !r.up.ended.Load() {
 		r.kick(&r.up)
 	}
-	if m&(waiter.EventHUp|waiter.EventErr) != 0 || (m&waiter.WritableEvents != 0 && r.down.full.Load()) {
+	if (m&(waiter.EventHUp|waiter.EventErr) != 0 || (m&waiter.WritableEvents != 0 && r.down.full.Load())) && !r.down.ended.Load() {
 		r.kick(&r.down)
 	}
 }
 
 // hostEvent is called by the host poller with the socket's epoll events.
 func (r *tcpRelay) hostEvent(ev uint32) {
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		r.downInline()
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 && !r.down.ended.Load() {
+		r.downInline(ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) == 0)
 	}
-	if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 || (ev&unix.EPOLLOUT != 0 && r.up.full.Load()) {
+	if (ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 || (ev&unix.EPOLLOUT != 0 && r.up.full.Load())) && !r.up.ended.Load() {
 		r.kick(&r.up)
 	}
 }
@@ -186,10 +197,7 @@ func (r *tcpRelay) kick(d *relayDir) {
 				if d == &r.up && r.g.opts.Batch.runInline(r.upInline) {
 					return
 				}
-				if !r.g.spawn(func() { r.work(d) }) {
-					d.state.Store(dirIdle)
-					r.releasePending(d)
-				}
+				r.startWorker(d)
 				return
 			}
 		case dirRunning:
@@ -202,6 +210,17 @@ func (r *tcpRelay) kick(d *relayDir) {
 	}
 }
 
+// startWorker starts a worker goroutine for d, which the caller set
+// running; if the gateway is closing, d goes idle instead.
+func (r *tcpRelay) startWorker(d *relayDir) {
+	if !r.g.spawn(func() { r.work(d) }) {
+		d.state.Store(dirIdle)
+		r.releasePending(d)
+		return
+	}
+	r.g.c.tcpRelayWorkers.Add(1)
+}
+
 // work runs d until it has nothing to do and no kick arrived meanwhile.
 func (r *tcpRelay) work(d *relayDir) {
 	for {
@@ -210,7 +229,7 @@ func (r *tcpRelay) work(d *relayDir) {
 		if d == &r.up {
 			err = r.pumpUp()
 		} else {
-			_, err = r.pumpDown(0)
+			_, err = r.pumpDown(0, false)
 		}
 		if r.settle(d, err) {
 			return
@@ -236,13 +255,15 @@ func (r *tcpRelay) settle(d *relayDir, err error) bool {
 // hostReadMax), which is all a request/response exchange needs, without
 // starting a goroutine. If the write took all hostReadMax, the
 // destination was full or a kick arrived meanwhile, a worker takes over.
-func (r *tcpRelay) downInline() {
+// dataOnly is set when the event reported no hang-up or error: then a
+// read shorter than asked means the socket is dry (see hostReader).
+func (r *tcpRelay) downInline(dataOnly bool) {
 	d := &r.down
 	if !d.state.CompareAndSwap(dirIdle, dirRunning) {
 		r.kick(d)
 		return
 	}
-	more, err := r.pumpDown(1)
+	more, err := r.pumpDown(1, dataOnly)
 	if !more && r.settle(d, err) {
 		return
 	}
@@ -250,10 +271,7 @@ func (r *tcpRelay) downInline() {
 		r.settle(d, err) // aborts; a kick from finish may need a worker
 	}
 	// Still running (more to do, or kicked): a worker continues.
-	if !r.g.spawn(func() { r.work(d) }) {
-		d.state.Store(dirIdle)
-		r.releasePending(d)
-	}
+	r.startWorker(d)
 }
 
 // upInline runs the up direction on the link's reader at the end of the
@@ -271,14 +289,16 @@ func (r *tcpRelay) downInline() {
 // 3.9-4.3 (three alternating pairs), and four streams were no slower.
 func (r *tcpRelay) upInline() {
 	d := &r.up
+	// Kicks that came while the pass waited for the batch's end are what
+	// it is for: they must not make it look again (work, too, stores
+	// running before each pass). Two notifications in one batch (data,
+	// then a FIN) used to start a worker that found nothing to do.
+	d.state.Store(dirRunning)
 	if r.settle(d, r.pumpUp()) {
 		return
 	}
 	d.state.Store(dirRunning) // a kick came during the pass: look again
-	if !r.g.spawn(func() { r.work(d) }) {
-		d.state.Store(dirIdle)
-		r.releasePending(d)
-	}
+	r.startWorker(d)
 }
 
 func (r *tcpRelay) releasePending(d *relayDir) {
@@ -354,6 +374,7 @@ func (r *tcpRelay) pumpUp() error {
 			return nil
 		case *tcpip.ErrClosedForReceive:
 			d.eof = true
+			d.ended.Store(true)
 			if err := r.host.CloseWrite(); err != nil {
 				return err
 			}
@@ -486,8 +507,9 @@ func (r *tcpRelay) writeHost(d *relayDir) error {
 // has no room for, so the direction holds no buffer of its own, and a
 // full send buffer leaves the rest in the host socket, whose window then
 // closes. With reads > 0 it stops after that many writes that took all
-// hostReadMax and reports more (the socket may hold more).
-func (r *tcpRelay) pumpDown(reads int) (more bool, err error) {
+// hostReadMax and reports more (the socket may hold more). shortDry lets a
+// short read stand for EAGAIN (hostReader.shortDry).
+func (r *tcpRelay) pumpDown(reads int, shortDry bool) (more bool, err error) {
 	d := &r.down
 	nreads := 0
 	for !r.closed.Load() {
@@ -497,7 +519,7 @@ func (r *tcpRelay) pumpDown(reads int) (more bool, err error) {
 		if reads > 0 && nreads >= reads {
 			return true, nil
 		}
-		var hr hostReader
+		hr := hostReader{shortDry: shortDry}
 		var terr tcpip.Error
 		if err := r.host.rc.Read(func(fd uintptr) bool {
 			hr.fd = int(fd)
@@ -525,6 +547,7 @@ func (r *tcpRelay) pumpDown(reads int) (more bool, err error) {
 			return false, hr.err
 		case hr.eof:
 			d.eof = true
+			d.ended.Store(true)
 			r.ep.Shutdown(tcpip.ShutdownWrite)
 			r.directionEnded()
 			return false, nil
@@ -547,11 +570,20 @@ const hostReadMax = relayBufSize
 // or fails, and then reports io.EOF, which ends the Write with what was
 // read (gVisor patch 0040 makes a short copy end it). Netstack reads it
 // without the endpoint's locks held.
+//
+// With shortDry a read that returns less than asked counts as the socket
+// running dry, without the read that would return EAGAIN (one system call
+// per request/response exchange). That holds for an edge-triggered event
+// that reported data only: TCP's recvmsg takes all the socket holds up to
+// the length asked, and data or a FIN that comes after it wakes the epoll
+// instance again. An event that reported a hang-up reads until EOF, which
+// may come after the last data.
 type hostReader struct {
-	fd      int
-	drained bool  // the socket had no more (EAGAIN)
-	eof     bool  // the peer closed its side
-	err     error // the read failed: the relay aborts
+	fd       int
+	shortDry bool
+	drained  bool  // the socket had no more (EAGAIN, or a short read with shortDry)
+	eof      bool  // the peer closed its side
+	err      error // the read failed: the relay aborts
 }
 
 func (h *hostReader) Len() int { return hostReadMax }
@@ -577,6 +609,9 @@ func (h *hostReader) Read(p []byte) (int, error) {
 		case n == 0:
 			h.eof = true
 			return 0, io.EOF
+		}
+		if h.shortDry && n < len(p) {
+			h.drained = true
 		}
 		return n, nil
 	}

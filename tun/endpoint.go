@@ -51,9 +51,9 @@ type EndpointOptions struct {
 	// on the reader goroutine, must not keep b and should not allocate
 	// (appliance.EarlyFilter.Filter).
 	Filter func(b []byte) bool
-	// Also, if set, is a descriptor the reader watches besides the device
-	// (it needs no Group): its Service runs on the reader when the
-	// descriptor is readable and after every batch that used up the
+	// Also, if set, is an epoll instance the reader waits in, with the
+	// device (it needs no Group): the reader dispatches its events when
+	// they come and looks at it after every batch that used up the
 	// budget, so it is neither starved nor woken on a thread of its own.
 	Also PollSource
 	// Group, if set, serves this endpoint from the group's one reader
@@ -64,25 +64,39 @@ type EndpointOptions struct {
 	Logger *slog.Logger
 }
 
-// PollSource is work the TUN reader does for another descriptor: the
-// gateway's host-socket epoll instance, so that the reply a host socket
-// receives is relayed by the thread that relayed the request, woken from
-// the same ppoll.
+// PollSource is work the TUN reader does for other descriptors: the
+// gateway's host sockets, so that the reply a host socket receives is
+// relayed by the thread that relayed the request. The source is an epoll
+// instance, and the reader waits in it: it adds its device and its stop
+// descriptor there, so one epoll_wait both waits for the device and
+// returns the host sockets' events. (Waiting in ppoll on the device and
+// the epoll instance took an epoll_wait after every ppoll that found the
+// instance readable: one system call more per reply.)
 type PollSource interface {
-	// PollFD is the descriptor to watch for readability, or -1 for none
-	// (asked before every wait, so it may change).
+	// PollFD is the epoll instance. The reader adds its own descriptors
+	// under epoll data with ReaderEvent set, which the source's own
+	// registrations must leave clear. It is asked once, when the reader
+	// starts (Attach), and the reader waits in a duplicate: once it has
+	// started, the source may close its descriptor whenever it likes.
 	PollFD() int
-	// Service does the descriptor's work without blocking.
-	Service()
+	// Dispatch handles events of the source's descriptors that the
+	// reader's wait returned (none has ReaderEvent set). It must not
+	// block.
+	Dispatch(events []unix.EpollEvent)
 }
+
+// ReaderEvent marks, in an epoll event's data (bit 31 of Pad, the data's
+// top bit), the descriptors a TUN reader adds to a PollSource's epoll
+// instance.
+const ReaderEvent = int32(-1 << 31)
 
 // Endpoint is a netstack link endpoint on a TUN file descriptor. With a
 // virtio-net header it takes GSO super-packets from the kernel whole and
 // hands netstack's 64 KiB TSO segments to the kernel to cut.
 //
 // Reading works like NAPI: one goroutine takes up to Budget packets per
-// wake-up while packets keep coming, then blocks its thread in ppoll until
-// the device is readable again.
+// wake-up while packets keep coming, then blocks its thread in ppoll (or
+// epoll_wait, with Also) until the device is readable again.
 type Endpoint struct {
 	dev      *Device
 	fd       int
@@ -361,6 +375,10 @@ func (e *Endpoint) readerExit(err error) {
 }
 
 func (e *Endpoint) readLoop() {
+	if e.also != nil {
+		e.readLoopEpoll()
+		return
+	}
 	var err error
 	defer func() { e.readerExit(err) }()
 	for {
@@ -369,21 +387,12 @@ func (e *Endpoint) readLoop() {
 			return
 		}
 		if done {
-			// Budget used up: poll again at once, after the other
-			// descriptor's turn.
-			if e.also != nil {
-				e.also.Service()
-			}
-			continue
+			continue // budget used up: read again at once
 		}
-		// Dry: wait until a packet, the other descriptor or Stop.
-		pfds := [3]rawfile.PollEvent{
+		// Dry: wait until a packet or Stop.
+		pfds := [2]rawfile.PollEvent{
 			{FD: int32(e.stop.EFD), Events: unix.POLLIN},
 			{FD: int32(e.fd), Events: unix.POLLIN},
-			{FD: -1, Events: unix.POLLIN}, // ppoll skips a negative fd
-		}
-		if e.also != nil {
-			pfds[2].FD = int32(e.also.PollFD())
 		}
 		errno := blockingPoll(pfds[:])
 		if pfds[0].Revents&unix.POLLIN != 0 {
@@ -396,8 +405,77 @@ func (e *Endpoint) readLoop() {
 			err = fmt.Errorf("%w: poll: %v", ErrDeviceGone, errno)
 			return
 		}
-		if pfds[2].Revents != 0 {
-			e.also.Service()
+	}
+}
+
+// Epoll data of the reader's own descriptors in a PollSource's instance.
+const (
+	readerStop = 0
+	readerDev  = 1
+)
+
+// readLoopEpoll is readLoop with a PollSource: the reader waits in the
+// source's epoll instance, where it added its device and stop descriptor
+// (level-triggered: the device is read until EAGAIN, and an event the
+// source's Dispatch never sees is reported again). After a batch that used
+// up the budget it looks at the instance without waiting, so the source
+// is not starved while packets keep coming.
+func (e *Endpoint) readLoopEpoll() {
+	var err error
+	defer func() { e.readerExit(err) }()
+	epfd, err := unix.FcntlInt(uintptr(e.also.PollFD()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		err = fmt.Errorf("tun reader: the poll source's epoll instance: %w", err)
+		return
+	}
+	defer unix.Close(epfd)
+	for _, r := range [...]struct{ fd, id int }{{e.stop.EFD, readerStop}, {e.fd, readerDev}} {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(r.id), Pad: ReaderEvent}
+		if err = unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, r.fd, &ev); err != nil {
+			err = fmt.Errorf("tun reader: epoll_ctl: %w", err)
+			return
+		}
+	}
+	// Both leave the instance with the reader: the source's instance may
+	// outlive them, and a device that failed would be reported to nobody.
+	defer func() {
+		unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, e.stop.EFD, nil)
+		unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, e.fd, nil)
+	}()
+	events := make([]unix.EpollEvent, 128)
+	for {
+		var done bool
+		if done, _, err = e.readBatch(); err != nil {
+			return
+		}
+		wait := -1 // block until the device, the source or Stop
+		if done {
+			wait = 0 // budget used up: only look, and read again
+		}
+		n, werr := unix.EpollWait(epfd, events, wait)
+		if werr != nil && werr != unix.EINTR {
+			err = fmt.Errorf("%w: epoll_wait: %v", ErrDeviceGone, werr)
+			return
+		}
+		// The source's events go to Dispatch in place; the reader's own
+		// are taken out.
+		k := 0
+		for _, ev := range events[:max(n, 0)] {
+			if ev.Pad&ReaderEvent == 0 {
+				events[k] = ev
+				k++
+				continue
+			}
+			switch {
+			case ev.Fd == readerStop:
+				return
+			case ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0:
+				err = fmt.Errorf("%w: epoll: %v", ErrDeviceGone, unix.ECONNRESET)
+				return
+			}
+		}
+		if k > 0 {
+			e.also.Dispatch(events[:k])
 		}
 	}
 }

@@ -3,6 +3,7 @@ package tun
 import (
 	"bytes"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -259,5 +260,89 @@ func TestUnclearedViews(t *testing.T) {
 	}
 	if !stale {
 		t.Error("WriteFromReaderAndLimitedReader's views are still cleared before the copy")
+	}
+}
+
+// pollSource is a PollSource: an epoll instance with one pipe registered
+// (edge-triggered, as the gateway registers its host sockets), whose
+// events Dispatch counts. It notes any event the reader should have kept.
+type pollSource struct {
+	epfd, r, w int
+	got        chan uint32
+	foreign    atomic.Int32
+}
+
+func newPollSource(t *testing.T) *pollSource {
+	t.Helper()
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	s := &pollSource{epfd: epfd, r: p[0], w: p[1], got: make(chan uint32, 16)}
+	t.Cleanup(func() { unix.Close(s.epfd); unix.Close(s.r); unix.Close(s.w) })
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: 7}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, s.r, &ev); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func (s *pollSource) PollFD() int { return s.epfd }
+
+func (s *pollSource) Dispatch(events []unix.EpollEvent) {
+	for _, ev := range events {
+		if ev.Fd != 7 || ev.Pad != 0 {
+			s.foreign.Add(1)
+			continue
+		}
+		var b [64]byte
+		unix.Read(s.r, b[:])
+		s.got <- ev.Events
+	}
+}
+
+// TestEndpointPollSource: with Also the reader waits in the source's epoll
+// instance. The source's events reach Dispatch and the reader's own (the
+// device, its stop descriptor) never do; packets are still read and
+// answered while the source is busy; Close stops the reader.
+func TestEndpointPollSource(t *testing.T) {
+	dev, peer := fakeDevice(t, false)
+	src := newPollSource(t)
+	_, ep := newTestStackOpts(t, dev, EndpointOptions{Also: src})
+	for i := range 3 {
+		if _, err := unix.Write(src.w, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case ev := <-src.got:
+			if ev&unix.EPOLLIN == 0 {
+				t.Fatalf("dispatched events %#x, want EPOLLIN", ev)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: the source's event was not dispatched within 5s", i)
+		}
+		if _, err := unix.Write(peer, echoRequest(uint16(i))); err != nil {
+			t.Fatal(err)
+		}
+		got := readPacket(t, peer)
+		if ic := header.ICMPv4(header.IPv4(got).Payload()); ic.Type() != header.ICMPv4EchoReply || ic.Sequence() != uint16(i) {
+			t.Fatalf("round %d: reply type %d seq %d", i, ic.Type(), ic.Sequence())
+		}
+	}
+	if n := src.foreign.Load(); n != 0 {
+		t.Errorf("Dispatch got %d of the reader's own events", n)
+	}
+	ep.Close()
+	select {
+	case <-ep.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reader did not stop on Close")
+	}
+	if err := ep.Err(); err != nil {
+		t.Errorf("Err() = %v after Close, want nil", err)
 	}
 }

@@ -268,8 +268,14 @@ func runGateway(ctx context.Context, f runFlags, command []string) error {
 	// is relayed by the thread its request came through.
 	epOpts := tun.EndpointOptions{Logger: log, Filter: early.Filter, BeforeBatch: batch.Begin, AfterBatch: batch.End}
 	if os.Getenv("APPLIANCE_HOST_POLLER") == "" {
-		opts.HostPoll = &appliance.ReaderHostPoll{}
-		epOpts.Also = opts.HostPoll
+		hp, err := appliance.NewReaderHostPoll()
+		if err != nil {
+			dev.File.Close()
+			return err
+		}
+		defer hp.Close() // the reader and the gateway hold their own
+		opts.HostPoll = hp
+		epOpts.Also = hp
 	}
 	ep, err := tun.NewEndpoint(dev, epOpts)
 	if err != nil {
