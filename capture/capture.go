@@ -50,6 +50,11 @@ func Wrap(ep stack.LinkEndpoint, path string, log *slog.Logger) (stack.LinkEndpo
 		return nil, nil, fmt.Errorf("pcap %s: %w", path, err)
 	}
 	pf := &File{f: f, w: bufio.NewWriterSize(f, 1<<20), log: log.With("component", "pcap", "file", path), stop: make(chan struct{})}
+	// The sniffer also formats every packet into a line on stderr unless
+	// told not to (a process-wide switch, on by default): with --pcap the
+	// appliance logged each packet whatever its --log-level, a line per
+	// packet and the CPU to format it. The pcap file is the record.
+	sniffer.LogPackets.Store(0)
 	snif, err := sniffer.NewWithWriter(ep, pf, SnapLen)
 	if err != nil {
 		f.Close()

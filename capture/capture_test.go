@@ -9,6 +9,7 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/link/sniffer"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
@@ -47,6 +48,10 @@ func TestWrapWritesPcap(t *testing.T) {
 	// Three records of 16-byte header + 60 bytes.
 	if want := 24 + 3*(16+60); len(b) != want {
 		t.Fatalf("pcap is %d bytes, want %d", len(b), want)
+	}
+	// The packets go to the file only, not also as text lines to stderr.
+	if sniffer.LogPackets.Load() != 0 {
+		t.Error("gVisor's sniffer still logs every packet to stderr (sniffer.LogPackets)")
 	}
 }
 
