@@ -44,12 +44,10 @@ func TestLinkBatchQueue(t *testing.T) {
 	}
 }
 
-// TestLinkBatchRelay: with the link's deliveries bracketed by a LinkBatch
-// (as the TUN reader does) and deferred TCP processing with its ACKs owed
-// until the batch's work ran (patches 0004, 0021), container data goes to
-// the host inline on the delivering goroutine, and both request/response
-// exchanges and a bulk echo arrive intact.
-func TestLinkBatchRelay(t *testing.T) {
+// batchNet is a test network whose link deliveries are bracketed by a
+// LinkBatch, as the TUN reader's are, with deferred TCP processing.
+func batchNet(t *testing.T) (*LinkBatch, *testNet) {
+	t.Helper()
 	tcp.SetDeferredProcessing(true)
 	t.Cleanup(func() { tcp.SetDeferredProcessing(false) })
 	batch := NewLinkBatch(true)
@@ -58,7 +56,16 @@ func TestLinkBatchRelay(t *testing.T) {
 	opts := testOptions()
 	opts.AllowHostLoopback = true
 	opts.Batch = batch
-	n := newTestNet(t, opts, true)
+	return batch, newTestNet(t, opts, true)
+}
+
+// TestLinkBatchRelay: with the link's deliveries bracketed by a LinkBatch
+// (as the TUN reader does) and deferred TCP processing with its ACKs owed
+// until the batch's work ran (patches 0004, 0021), container data goes to
+// the host inline on the delivering goroutine, and both request/response
+// exchanges and a bulk echo arrive intact.
+func TestLinkBatchRelay(t *testing.T) {
+	batch, n := batchNet(t)
 	defer n.close()
 
 	// Request/response: the server answers each line-sized request.
@@ -120,20 +127,13 @@ func TestLinkBatchRelay(t *testing.T) {
 // TestLinkBatchShortConnections: connections that send a request, get the
 // answer and close (netperf's TCP_CRR) are relayed without a worker
 // goroutine, with the link's deliveries bracketed by a LinkBatch as the
-// TUN reader does. Before, each connection started one at its close: the
-// hang-up that netstack reported after the data's notification kicked a
+// TUN reader does. Before, each connection started up to three: both
+// directions were kicked when the relay started, on the SYN's handler;
+// at the close, the hang-up netstack reported after the data kicked a
 // direction that had already ended, or, arriving in the same batch as the
 // data, made the inline pass look again on a goroutine.
 func TestLinkBatchShortConnections(t *testing.T) {
-	tcp.SetDeferredProcessing(true)
-	t.Cleanup(func() { tcp.SetDeferredProcessing(false) })
-	batch := NewLinkBatch(true)
-	beforeInject, afterInject = batch.Begin, batch.End
-	t.Cleanup(func() { beforeInject, afterInject = nil, nil })
-	opts := testOptions()
-	opts.AllowHostLoopback = true
-	opts.Batch = batch
-	n := newTestNet(t, opts, true)
+	_, n := batchNet(t)
 	defer n.close()
 
 	// The server answers one request and closes, as netperf's does.
