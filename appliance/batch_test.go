@@ -131,9 +131,10 @@ func TestLinkBatchRelay(t *testing.T) {
 // directions were kicked when the relay started, on the SYN's handler;
 // at the close, the hang-up netstack reported after the data kicked a
 // direction that had already ended, or, arriving in the same batch as the
-// data, made the inline pass look again on a goroutine.
+// data, made the inline pass look again on a goroutine. And the batch
+// that delivered each SYN yields to the handler goroutine it started.
 func TestLinkBatchShortConnections(t *testing.T) {
-	_, n := batchNet(t)
+	batch, n := batchNet(t)
 	defer n.close()
 
 	// The server answers one request and closes, as netperf's does.
@@ -150,7 +151,7 @@ func TestLinkBatchShortConnections(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	workers := func() uint64 { return n.gw.Counters()["tcp_relay_workers"] }
-	before := workers()
+	before, yieldsBefore := workers(), batch.yields.Load()
 	for i := range conns {
 		c, err := n.dial(ctx, gwAddr(tcpPort(l)))
 		if err != nil {
@@ -175,5 +176,9 @@ func TestLinkBatchShortConnections(t *testing.T) {
 	// from another goroutine interrupts an inline pass.
 	if w := workers() - before; w > conns/2 {
 		t.Errorf("%d relay worker goroutines for %d short connections; want few", w, conns)
+	}
+	// Each SYN's batch yielded to the forwarder's handler goroutine.
+	if y := batch.yields.Load() - yieldsBefore; y < conns {
+		t.Errorf("the batches yielded %d times for %d SYNs; want once per SYN", y, conns)
 	}
 }

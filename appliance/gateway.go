@@ -196,6 +196,9 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 			return false
 		}
 		if tf.HandlePacket(id, pkt) {
+			// The handler runs on a goroutine of its own: let the
+			// delivering reader yield to it after the batch.
+			g.opts.Batch.yieldAfter()
 			return true
 		}
 		// Not a SYN for us: netstack answers with RST (or counts it
