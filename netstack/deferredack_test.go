@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"testing"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -24,8 +25,15 @@ func TestDeferredAcks(t *testing.T) {
 			t.Fatalf("%s: the stack sent a segment", when)
 		}
 	}
+	// request sends one byte. It first lets 50 ms pass: a timer of the
+	// endpoint armed by the step before (the 40 ms delayed-ACK timer,
+	// patch 0036, is only orphaned when an ACK goes out) whose callback
+	// runs while the request waits in the segment queue hands it to a
+	// processor goroutine (timerHandler), which ACKs it at once, outside
+	// the deferred path this test checks.
 	request := func(b string) {
 		t.Helper()
+		time.Sleep(50 * time.Millisecond)
 		p.send(header.TCPFlagAck|header.TCPFlagPsh, p.sndNxt, []byte(b))
 		p.sndNxt += 1
 	}
