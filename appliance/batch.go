@@ -94,9 +94,10 @@ func (b *LinkBatch) End() {
 	}
 }
 
-// yieldAfter notes that the batch being delivered started a goroutine
-// (the TCP forwarder's handler for a SYN): End then lets it run on this
-// thread before the delivering goroutine goes back to wait. Otherwise the
+// yieldAfter notes that the batch being delivered started or woke a
+// goroutine (the TCP forwarder's handler for a SYN, or that handler when
+// the handshake's ACK completes it): End then lets it run on this thread
+// before the delivering goroutine goes back to wait. Otherwise the
 // reader blocked in epoll_wait holding its P, with the new goroutine in
 // that P's run queue: another thread had to be woken to steal it, or the
 // Go runtime's sysmon took the P back from the syscall (after which sysmon
@@ -104,7 +105,8 @@ func (b *LinkBatch) End() {
 // unconditional yield before every wait took the appliance's context
 // switches from 16.7 to 11.0 and its sysmon sleeps from 5.3 to 0.9, and
 // its CPU from 777 to 690 µs (medians of six runs), but cost RR 5% (a
-// yield with nothing to run), hence only after batches that started one.
+// yield with nothing to run), hence only after batches that started or
+// woke one.
 func (b *LinkBatch) yieldAfter() {
 	if b != nil {
 		b.yield.Store(true)

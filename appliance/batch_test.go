@@ -131,8 +131,9 @@ func TestLinkBatchRelay(t *testing.T) {
 // directions were kicked when the relay started, on the SYN's handler;
 // at the close, the hang-up netstack reported after the data kicked a
 // direction that had already ended, or, arriving in the same batch as the
-// data, made the inline pass look again on a goroutine. And the batch
-// that delivered each SYN yields to the handler goroutine it started.
+// data, made the inline pass look again on a goroutine. And the batches
+// that deliver a SYN and its handshake's ACK yield to the handler
+// goroutine they start or wake.
 func TestLinkBatchShortConnections(t *testing.T) {
 	batch, n := batchNet(t)
 	defer n.close()
@@ -177,8 +178,10 @@ func TestLinkBatchShortConnections(t *testing.T) {
 	if w := workers() - before; w > conns/2 {
 		t.Errorf("%d relay worker goroutines for %d short connections; want few", w, conns)
 	}
-	// Each SYN's batch yielded to the forwarder's handler goroutine.
-	if y := batch.yields.Load() - yieldsBefore; y < conns {
-		t.Errorf("the batches yielded %d times for %d SYNs; want once per SYN", y, conns)
+	// The batch of each SYN yielded to the forwarder's handler goroutine
+	// it started, and the batch of each handshake's ACK to the handler it
+	// woke.
+	if y := batch.yields.Load() - yieldsBefore; y < 2*conns {
+		t.Errorf("the batches yielded %d times for %d connections; want twice per connection (SYN, handshake's ACK)", y, conns)
 	}
 }

@@ -59,7 +59,16 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	wq := new(waiter.Queue)
+	// CreateEndpoint parks this goroutine until the container's ACK
+	// completes the handshake. The batch that delivers that ACK wakes it
+	// and then yields to it, as the SYN's batch did to start it (see
+	// LinkBatch.yieldAfter).
+	done := handshakeWake{g.opts.Batch}
+	var e waiter.Entry
+	e.Init(done, waiter.WritableEvents|waiter.EventHUp|waiter.EventErr)
+	wq.EventRegister(&e)
 	ep, terr := r.CreateEndpoint(wq)
+	wq.EventUnregister(&e)
 	r.Complete(false)
 	if terr != nil {
 		hc.abort()
@@ -75,6 +84,13 @@ func (g *Gateway) handleTCP(r *tcp.ForwarderRequest) {
 	g.applyCCRoute(ep, ccDst)
 	g.relayTCP(ep, wq, hc)
 }
+
+// handshakeWake asks the batch being delivered to yield once the
+// handshake a handler waits for has ended.
+type handshakeWake struct{ b *LinkBatch }
+
+// NotifyEvent implements waiter.EventListener.
+func (h handshakeWake) NotifyEvent(waiter.EventMask) { h.b.yieldAfter() }
 
 // dialHost dials a host TCP destination with DialTimeout and keepalive.
 func (g *Gateway) dialHost(dst netip.AddrPort) (*net.TCPConn, error) {
