@@ -99,11 +99,11 @@ type relayDir struct {
 	// straight into netstack's send queue, and only what fits (hostReader).
 	pending *[]byte
 	off, n  int
-	eof     bool // the source ended and the destination was half-closed
-	// ended is eof for the event handlers: a direction that ended is not
-	// kicked again (a hang-up then concerns the other direction, or
-	// both ended and the relay finished). Kicking it started a goroutine
-	// that found eof and stopped: one per connection, at its close.
+	// ended is set once the source ended and the destination was
+	// half-closed. An ended direction is not kicked again (kick,
+	// downInline): a hang-up then concerns the other direction, or both
+	// ended and the relay finished. Kicking it started a goroutine that
+	// found it ended and stopped: one per connection, at its close.
 	ended atomic.Bool
 }
 
@@ -169,27 +169,30 @@ func (g *Gateway) relayTCP(ep tcpip.Endpoint, wq *waiter.Queue, hs *hostSock) {
 // NotifyEvent implements waiter.EventListener: netstack calls it with its
 // queue's lock held, so it only kicks.
 func (r *tcpRelay) NotifyEvent(m waiter.EventMask) {
-	if m&(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr) != 0 && !r.up.ended.Load() {
+	if m&(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr) != 0 {
 		r.kick(&r.up)
 	}
-	if (m&(waiter.EventHUp|waiter.EventErr) != 0 || (m&waiter.WritableEvents != 0 && r.down.full.Load())) && !r.down.ended.Load() {
+	if m&(waiter.EventHUp|waiter.EventErr) != 0 || (m&waiter.WritableEvents != 0 && r.down.full.Load()) {
 		r.kick(&r.down)
 	}
 }
 
 // hostEvent is called by the host poller with the socket's epoll events.
 func (r *tcpRelay) hostEvent(ev uint32) {
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 && !r.down.ended.Load() {
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		r.downInline(ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) == 0)
 	}
-	if (ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 || (ev&unix.EPOLLOUT != 0 && r.up.full.Load())) && !r.up.ended.Load() {
+	if ev&(unix.EPOLLHUP|unix.EPOLLERR) != 0 || (ev&unix.EPOLLOUT != 0 && r.up.full.Load()) {
 		r.kick(&r.up)
 	}
 }
 
 // kick makes d's worker look at it: starts one if none runs, or tells the
-// running one to look again.
+// running one to look again. A direction that ended needs neither.
 func (r *tcpRelay) kick(d *relayDir) {
+	if d.ended.Load() {
+		return
+	}
 	for {
 		switch d.state.Load() {
 		case dirIdle:
@@ -259,6 +262,9 @@ func (r *tcpRelay) settle(d *relayDir, err error) bool {
 // read shorter than asked means the socket is dry (see hostReader).
 func (r *tcpRelay) downInline(dataOnly bool) {
 	d := &r.down
+	if d.ended.Load() {
+		return
+	}
 	if !d.state.CompareAndSwap(dirIdle, dirRunning) {
 		r.kick(d)
 		return
@@ -332,7 +338,7 @@ func (r *tcpRelay) pumpUp() error {
 			d.full.Store(false)
 			continue
 		}
-		if d.eof {
+		if d.ended.Load() {
 			return nil
 		}
 		if r.ep.Readiness(waiter.ReadableEvents) == 0 {
@@ -373,7 +379,6 @@ func (r *tcpRelay) pumpUp() error {
 		case *tcpip.ErrWouldBlock:
 			return nil
 		case *tcpip.ErrClosedForReceive:
-			d.eof = true
 			d.ended.Store(true)
 			if err := r.host.CloseWrite(); err != nil {
 				return err
@@ -513,7 +518,7 @@ func (r *tcpRelay) pumpDown(reads int, shortDry bool) (more bool, err error) {
 	d := &r.down
 	nreads := 0
 	for !r.closed.Load() {
-		if d.eof {
+		if d.ended.Load() {
 			return false, nil
 		}
 		if reads > 0 && nreads >= reads {
@@ -546,7 +551,6 @@ func (r *tcpRelay) pumpDown(reads int, shortDry bool) (more bool, err error) {
 		case hr.err != nil:
 			return false, hr.err
 		case hr.eof:
-			d.eof = true
 			d.ended.Store(true)
 			r.ep.Shutdown(tcpip.ShutdownWrite)
 			r.directionEnded()
