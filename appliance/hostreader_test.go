@@ -29,6 +29,22 @@ func (c *callLimit) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
+// vecCallLimit is callLimit for a reader that also reads into several
+// slices at once (buffer.VectorReader, as hostReader does), counting those
+// calls.
+type vecCallLimit struct {
+	callLimit
+	vecs int
+}
+
+func (c *vecCallLimit) ReadVec(bufs [][]byte) (int, error) {
+	c.vecs++
+	if c.calls++; c.calls > 1000 {
+		return 0, errLooped
+	}
+	return c.r.(buffer.VectorReader).ReadVec(bufs)
+}
+
 // nonblockingPair is a socketpair whose first end is non-blocking, as a
 // relayed host socket is.
 func nonblockingPair(t *testing.T) [2]int {
@@ -79,6 +95,17 @@ func TestHostReaderSmallMessage(t *testing.T) {
 // order, no write takes more than hostReadMax, and EOF is seen after the
 // last byte.
 func TestHostReaderBulkAndEOF(t *testing.T) {
+	for _, vec := range []bool{false, true} {
+		t.Run(map[bool]string{false: "read", true: "readv"}[vec], func(t *testing.T) {
+			testHostReaderBulkAndEOF(t, vec)
+		})
+	}
+}
+
+// testHostReaderBulkAndEOF reads with read(2) into one view at a time, or
+// with vec through buffer.VectorReader, readv(2) into every view a write
+// takes (gVisor patch 0043).
+func testHostReaderBulkAndEOF(t *testing.T, vec bool) {
 	fds := nonblockingPair(t)
 	data := make([]byte, 3<<20)
 	rand.Read(data)
@@ -90,9 +117,16 @@ func TestHostReaderBulkAndEOF(t *testing.T) {
 	for round := 0; round < 100000; round++ {
 		hr := hostReader{fd: fds[0]}
 		var b buffer.Buffer
-		n, err := b.WriteFromReaderAndLimitedReader(&callLimit{r: &hr}, hostReadMax, nil)
+		var r io.Reader = &callLimit{r: &hr}
+		if vec {
+			r = &vecCallLimit{callLimit: callLimit{r: &hr}}
+		}
+		n, err := b.WriteFromReaderAndLimitedReader(r, hostReadMax, nil)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if vr, ok := r.(*vecCallLimit); ok && vr.vecs != vr.calls {
+			t.Fatalf("%d reads of one view besides %d readv: want readv alone", vr.calls-vr.vecs, vr.vecs)
 		}
 		if n > hostReadMax || n != b.Size() {
 			t.Fatalf("one write took %d bytes (buffer %d), want at most %d", n, b.Size(), hostReadMax)
@@ -146,5 +180,50 @@ func TestHostReaderShortDry(t *testing.T) {
 		if hr.eof == shortDry {
 			t.Errorf("shortDry=%v: eof=%v: want a read(2) after the short one only without shortDry", shortDry, hr.eof)
 		}
+	}
+}
+
+// TestHostReaderVectored: a write that takes more than one 64 KiB view
+// reads the host socket once, with readv(2) into all the views it needs
+// (gVisor patch 0043, buffer.VectorReader), where read(2) took one call per
+// view and the socket sent its peer an ACK after each. The views a short
+// read leaves empty are not kept, and a short read with shortDry ends the
+// write with no read returning EAGAIN.
+func TestHostReaderVectored(t *testing.T) {
+	for _, size := range []int{100 << 10, 150<<10 + 7} {
+		fds := nonblockingPair(t)
+		if err := unix.SetsockoptInt(fds[1], unix.SOL_SOCKET, unix.SO_SNDBUF, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		data := make([]byte, size)
+		rand.Read(data)
+		if n, err := unix.Write(fds[1], data); n != size || err != nil {
+			t.Fatalf("queued %d of %d bytes: %v", n, size, err)
+		}
+		hr := hostReader{fd: fds[0], shortDry: true}
+		r := &vecCallLimit{callLimit: callLimit{r: &hr}}
+		var b buffer.Buffer
+		n, err := b.WriteFromReaderAndLimitedReader(r, hostReadMax, nil)
+		if err != nil {
+			t.Fatalf("WriteFromReaderAndLimitedReader: %v", err)
+		}
+		if r.vecs != 1 || r.calls != 1 {
+			t.Errorf("%d bytes: %d readv and %d read calls, want one readv (gVisor patch 0043 missing?)", size, r.vecs, r.calls-r.vecs)
+		}
+		if n != int64(size) || !bytes.Equal(b.Flatten(), data) {
+			t.Fatalf("took %d bytes, want the %d queued, in order", n, size)
+		}
+		if !hr.drained || hr.eof || hr.err != nil {
+			t.Errorf("reader state drained=%v eof=%v err=%v, want only drained", hr.drained, hr.eof, hr.err)
+		}
+		views := b.AsViewList()
+		nv, want := 0, (size+buffer.MaxChunkSize-1)/buffer.MaxChunkSize
+		for v := views.Front(); v != nil; v = v.Next() {
+			nv++
+		}
+		if nv != want {
+			t.Errorf("%d bytes kept in %d views, want %d", size, nv, want)
+		}
+		b.Release()
 	}
 }

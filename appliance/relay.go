@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nsappliance/appliance/internal/unpolled"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -445,7 +446,7 @@ func (w *hostWriter) Write(p []byte) (int, error) {
 
 // write is one write(2); EAGAIN or a short write marks the socket full.
 func (w *hostWriter) write(p []byte) (int, error) {
-	n, err := unix.Write(w.fd, p)
+	n, err := unpolled.Write(w.fd, p)
 	switch {
 	case err == unix.EAGAIN:
 		w.blocked = true
@@ -485,7 +486,7 @@ func (r *tcpRelay) writeHost(d *relayDir) error {
 	var n int
 	var werr error
 	err := r.host.rc.Write(func(fd uintptr) bool {
-		n, werr = unix.Write(int(fd), (*d.pending)[d.off:d.n])
+		n, werr = unpolled.Write(int(fd), (*d.pending)[d.off:d.n])
 		return true
 	})
 	if err != nil {
@@ -593,14 +594,40 @@ type hostReader struct {
 func (h *hostReader) Len() int { return hostReadMax }
 
 func (h *hostReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		if h.drained || h.eof || h.err != nil {
+			return 0, io.EOF
+		}
+		return 0, nil
+	}
+	return h.read(p, nil)
+}
+
+// ReadVec is Read into several slices with one readv(2)
+// (buffer.VectorReader): netstack's Write then fills all the 64 KiB views
+// a large write needs with one system call, and the host socket's ACK
+// that opens the sender's window goes once per call, not per view.
+func (h *hostReader) ReadVec(bufs [][]byte) (int, error) {
+	return h.read(nil, bufs)
+}
+
+// read is one read(2) into p, or readv(2) into bufs.
+func (h *hostReader) read(p []byte, bufs [][]byte) (int, error) {
 	if h.drained || h.eof || h.err != nil {
 		return 0, io.EOF
 	}
-	if len(p) == 0 {
-		return 0, nil
+	want := len(p)
+	for _, b := range bufs {
+		want += len(b)
 	}
 	for {
-		n, err := unix.Read(h.fd, p)
+		var n int
+		var err error
+		if bufs != nil {
+			n, err = unpolled.Readv(h.fd, bufs)
+		} else {
+			n, err = unpolled.Read(h.fd, p)
+		}
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -614,7 +641,7 @@ func (h *hostReader) Read(p []byte) (int, error) {
 			h.eof = true
 			return 0, io.EOF
 		}
-		if h.shortDry && n < len(p) {
+		if h.shortDry && n < want {
 			h.drained = true
 		}
 		return n, nil

@@ -111,3 +111,35 @@ func TestSocket(t *testing.T) {
 		t.Fatalf("F_GETFD = %#x, %v: want close-on-exec", fl, err)
 	}
 }
+
+// TestRawReadWrite: Write, Read and Readv move bytes as write(2), read(2)
+// and readv(2) do, and report EAGAIN from an empty non-blocking socket as
+// an error, not as a count.
+func TestRawReadWrite(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	if n, err := Read(fds[0], make([]byte, 4)); n != 0 || err != unix.EAGAIN {
+		t.Fatalf("Read of an empty socket: %d, %v; want 0, EAGAIN", n, err)
+	}
+	if n, err := Write(fds[1], []byte("0123456789")); n != 10 || err != nil {
+		t.Fatalf("Write: %d, %v", n, err)
+	}
+	a, b := make([]byte, 4), make([]byte, 4)
+	if n, err := Readv(fds[0], [][]byte{a, nil, b}); n != 8 || err != nil {
+		t.Fatalf("Readv: %d, %v; want 8", n, err)
+	}
+	c := make([]byte, 8)
+	if n, err := Read(fds[0], c); n != 2 || err != nil {
+		t.Fatalf("Read: %d, %v; want 2", n, err)
+	}
+	if got := string(a) + string(b) + string(c[:2]); got != "0123456789" {
+		t.Fatalf("read %q, want the bytes written, in order", got)
+	}
+	if n, err := Readv(fds[0], [][]byte{a}); n != 0 || err != unix.EAGAIN {
+		t.Fatalf("Readv of an empty socket: %d, %v; want 0, EAGAIN", n, err)
+	}
+}
