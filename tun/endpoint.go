@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -56,6 +57,11 @@ type EndpointOptions struct {
 	// they come and looks at it after every batch that used up the
 	// budget, so it is neither starved nor woken on a thread of its own.
 	Also PollSource
+	// HeldWait, with Also, is how long the reader waits for the device or
+	// the source with its goroutine's P held (a raw epoll_pwait2) before
+	// it waits the usual way, giving the P up to the scheduler. Zero
+	// means always the usual way. See readLoopEpoll.
+	HeldWait time.Duration
 	// Group, if set, serves this endpoint from the group's one reader
 	// goroutine together with the group's other endpoints, instead of a
 	// goroutine of its own (see ReaderGroup).
@@ -108,6 +114,7 @@ type Endpoint struct {
 	filter   func([]byte) bool
 	group    *ReaderGroup
 	also     PollSource
+	heldWait time.Duration
 
 	mtu atomic.Uint32
 
@@ -174,6 +181,9 @@ func NewEndpoint(dev *Device, opts EndpointOptions) (*Endpoint, error) {
 	if opts.Budget == 0 {
 		opts.Budget = 64
 	}
+	if opts.HeldWait < 0 {
+		return nil, fmt.Errorf("tun endpoint: held wait %v < 0", opts.HeldWait)
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
@@ -193,6 +203,7 @@ func NewEndpoint(dev *Device, opts EndpointOptions) (*Endpoint, error) {
 		filter:   opts.Filter,
 		group:    opts.Group,
 		also:     opts.Also,
+		heldWait: opts.HeldWait,
 		log:      log.With("component", "tun", "dev", dev.Name),
 		done:     make(chan struct{}),
 		uso:      make([]byte, maxPacket),
@@ -443,6 +454,11 @@ func (e *Endpoint) readLoopEpoll() {
 		unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, e.fd, nil)
 	}()
 	events := make([]unix.EpollEvent, 128)
+	var held *unix.Timespec
+	if e.heldWait > 0 {
+		ts := unix.NsecToTimespec(e.heldWait.Nanoseconds())
+		held = &ts
+	}
 	for {
 		var done bool
 		if done, _, err = e.readBatch(); err != nil {
@@ -452,7 +468,16 @@ func (e *Endpoint) readLoopEpoll() {
 		if done {
 			wait = 0 // budget used up: only look, and read again
 		}
-		n, werr := unix.EpollWait(epfd, events, wait)
+		var n int
+		var werr error
+		switch {
+		case wait == 0 || held == nil:
+			n, werr = unix.EpollWait(epfd, events, wait)
+		default:
+			if n, werr = heldEpollWait(epfd, events, held); werr == nil && n == 0 {
+				n, werr = unix.EpollWait(epfd, events, -1)
+			}
+		}
 		if werr != nil && werr != unix.EINTR {
 			err = fmt.Errorf("%w: epoll_wait: %v", ErrDeviceGone, werr)
 			return
@@ -478,6 +503,25 @@ func (e *Endpoint) readLoopEpoll() {
 			e.also.Dispatch(events[:k])
 		}
 	}
+}
+
+// heldEpollWait is epoll_pwait2(2) with a timeout as a raw system call:
+// the thread keeps its goroutine's P while it sleeps, where unix.EpollWait
+// enters the scheduler's syscall state. There, whenever the other Ps were
+// busy (a transfer: the relay worker copying, the peers' processes), a
+// wait longer than a sysmon tick (20 µs) lost its P: sysmon handed it to
+// another thread it woke for the purpose, reset its own polling to every
+// 20 µs, and the reader, woken by the next ACK, had to get a P back before
+// it could run. Holding the P removes that churn; the timeout bounds what
+// holding it costs the rest of the process (a garbage collection's
+// stop-the-world, goroutines queued on this P, timers in its heap wait up
+// to that long), after which the reader blocks the usual way.
+func heldEpollWait(epfd int, events []unix.EpollEvent, ts *unix.Timespec) (int, error) {
+	r, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(unsafe.Pointer(ts)), 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(r), nil
 }
 
 // blockingPoll waits in ppoll(2) for the events asked of pfds, blocking

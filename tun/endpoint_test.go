@@ -2,6 +2,7 @@ package tun
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"sync/atomic"
 	"testing"
@@ -153,6 +154,9 @@ func TestNewEndpointRejects(t *testing.T) {
 	dev, _ := fakeDevice(t, false)
 	if _, err := NewEndpoint(dev, EndpointOptions{Budget: -1}); err == nil {
 		t.Error("NewEndpoint(budget -1): want error")
+	}
+	if _, err := NewEndpoint(dev, EndpointOptions{HeldWait: -time.Millisecond}); err == nil {
+		t.Error("NewEndpoint accepted a negative HeldWait")
 	}
 	dev.File.Close()
 }
@@ -308,12 +312,25 @@ func (s *pollSource) Dispatch(events []unix.EpollEvent) {
 // TestEndpointPollSource: with Also the reader waits in the source's epoll
 // instance. The source's events reach Dispatch and the reader's own (the
 // device, its stop descriptor) never do; packets are still read and
-// answered while the source is busy; Close stops the reader.
+// answered while the source is busy; Close stops the reader. With
+// HeldWait the same holds for events that come during the held wait and
+// for those that come after it timed out (rounds 1 and 2 start later than
+// the held wait lasts), and Close ends a held wait too (the last round's
+// wait).
 func TestEndpointPollSource(t *testing.T) {
+	for _, held := range []time.Duration{0, time.Millisecond} {
+		t.Run(fmt.Sprintf("held=%v", held), func(t *testing.T) { testEndpointPollSource(t, held) })
+	}
+}
+
+func testEndpointPollSource(t *testing.T, held time.Duration) {
 	dev, peer := fakeDevice(t, false)
 	src := newPollSource(t)
-	_, ep := newTestStackOpts(t, dev, EndpointOptions{Also: src})
-	for i := range 3 {
+	_, ep := newTestStackOpts(t, dev, EndpointOptions{Also: src, HeldWait: held})
+	for i := range 4 {
+		if i == 1 || i == 2 {
+			time.Sleep(held + 20*time.Millisecond)
+		}
 		if _, err := unix.Write(src.w, []byte("x")); err != nil {
 			t.Fatal(err)
 		}
