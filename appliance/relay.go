@@ -15,8 +15,10 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
-// relayBufSize is the TCP relay's copy buffer: 256 KiB measured fastest
-// (docs: gvisor-prototype-findings Q1; 64 KiB and 1 MiB were both slower).
+// relayBufSize is the most the TCP relay moves in one go: 256 KiB
+// measured fastest as a copy buffer (docs: gvisor-prototype-findings Q1;
+// 64 KiB and 1 MiB were both slower). The relay now copies through no
+// buffer of its own; down reads up to this much per write (hostReadMax).
 const relayBufSize = 256 << 10
 
 // Keepalive settings for both sides of a relayed connection.
@@ -25,14 +27,6 @@ const (
 	keepInterval = 15 * time.Second
 	keepCount    = 4
 )
-
-// relayBufs holds *[]byte of relayBufSize. A relay takes a buffer only when
-// its source has data, and keeps it only while the destination cannot take
-// all of it, so idle connections pin none.
-var relayBufs = sync.Pool{New: func() any {
-	b := make([]byte, relayBufSize)
-	return &b
-}}
 
 // tuneEndpoint sets keepalive and turns Nagle off on a netstack TCP
 // endpoint.
@@ -87,19 +81,16 @@ const (
 )
 
 // relayDir is one direction of a relay. At most one worker runs it at a
-// time (state), so pending needs no lock: only that worker touches it.
+// time (state). A relay holds no buffer of its own: up writes netstack's
+// receive queue to the host socket as it is (hostWriter), and down reads
+// the host socket straight into netstack's send queue, only what fits
+// (hostReader); what the destination cannot take stays in the source.
 type relayDir struct {
 	state atomic.Int32
 	// full is set while the direction waits for its destination to take
-	// pending data: only then do the destination's writable events kick
-	// it (they come with every ACK that frees space).
+	// more: only then do the destination's writable events kick it (they
+	// come with every ACK that frees space).
 	full atomic.Bool
-	// pending is data read from the source that the destination has not
-	// taken yet: the only buffer a relay holds, and only while its
-	// destination is full. Only up has one: down reads the host socket
-	// straight into netstack's send queue, and only what fits (hostReader).
-	pending *[]byte
-	off, n  int
 	// ended is set once the source ended and the destination was
 	// half-closed. An ended direction is not kicked again (kick,
 	// downInline): a hang-up then concerns the other direction, or both
@@ -219,7 +210,6 @@ func (r *tcpRelay) kick(d *relayDir) {
 func (r *tcpRelay) startWorker(d *relayDir) {
 	if !r.g.spawn(func() { r.work(d) }) {
 		d.state.Store(dirIdle)
-		r.releasePending(d)
 		return
 	}
 	r.g.c.tcpRelayWorkers.Add(1)
@@ -245,11 +235,7 @@ func (r *tcpRelay) work(d *relayDir) {
 // whether d went idle (no kick arrived during the pass).
 func (r *tcpRelay) settle(d *relayDir, err error) bool {
 	if err != nil {
-		r.releasePending(d)
 		r.finish(err)
-	}
-	if r.closed.Load() {
-		r.releasePending(d)
 	}
 	return d.state.CompareAndSwap(dirRunning, dirIdle)
 }
@@ -308,13 +294,6 @@ func (r *tcpRelay) upInline() {
 	r.startWorker(d)
 }
 
-func (r *tcpRelay) releasePending(d *relayDir) {
-	if d.pending != nil {
-		relayBufs.Put(d.pending)
-		d.pending, d.off, d.n = nil, 0, 0
-	}
-}
-
 // errWouldBlock ends a pump until the next kick.
 var errWouldBlock = errors.New("would block")
 
@@ -324,21 +303,6 @@ var errWouldBlock = errors.New("would block")
 func (r *tcpRelay) pumpUp() error {
 	d := &r.up
 	for !r.closed.Load() {
-		if d.pending != nil {
-			if err := r.writeHost(d); err != nil {
-				if err == errWouldBlock {
-					// Kicks from now on include EPOLLOUT; the socket may
-					// have drained meanwhile, so try once more.
-					if !d.full.Swap(true) {
-						continue
-					}
-					return nil
-				}
-				return err
-			}
-			d.full.Store(false)
-			continue
-		}
 		if d.ended.Load() {
 			return nil
 		}
@@ -350,25 +314,18 @@ func (r *tcpRelay) pumpUp() error {
 		if err := r.host.rc.Write(func(fd uintptr) bool {
 			w.fd = int(fd)
 			_, terr = r.ep.Read(&w, tcpip.ReadOptions{})
-			w.flush()
 			return true
 		}); err != nil {
-			w.release()
 			return err
 		}
 		if w.err != nil {
-			w.release()
 			return w.err
-		}
-		if w.off < w.n {
-			// Staged data the host did not take waits as pending.
-			d.pending, d.off, d.n = w.stage, w.off, w.n
-		} else {
-			w.release()
 		}
 		if w.blocked {
 			// The host took less than netstack held (terr is nil, or
 			// ErrBadBuffer when it took nothing): the rest stays queued.
+			// Kicks from now on include EPOLLOUT; the socket may have
+			// drained meanwhile, so try once more.
 			if !d.full.Swap(true) {
 				continue // the socket may have drained meanwhile
 			}
@@ -393,60 +350,37 @@ func (r *tcpRelay) pumpUp() error {
 	return nil
 }
 
-// directMin is the size from which hostWriter hands a view of netstack's
-// receive queue to the host socket as it is; smaller ones are gathered.
-const directMin = 16 << 10
-
-// hostWriter takes what netstack's Endpoint.Read hands it (views of the
-// receive queue: a GRO'd or GSO super-segment is one 64 KiB view) and
-// writes it to the host socket without waiting. Large views go to the
-// kernel straight from netstack's buffer, with no copy into a relay
-// buffer; small ones (MSS segments without offloads, requests) are
-// gathered in a relay buffer first, so that they cost one write, not one
-// each. A write the socket refuses (EAGAIN) or takes in part ends the
-// Read: Read consumes exactly what was written, and the rest stays queued
-// in netstack, whose window then closes.
+// hostWriter is the tcpip.VectorWriter through which netstack's
+// Endpoint.Read hands the up direction's data to the host socket: all the
+// views queued in the receive queue (a GRO'd or GSO super-segment is one
+// 64 KiB view; up to tcpip.MaxWriteVec of them) in one writev(2), straight
+// from netstack's buffers, with no relay buffer and no copy (gVisor patch
+// 0044). Read consumes exactly what the host took; what a full socket
+// refuses (EAGAIN, or a short write) stays queued in netstack, whose
+// window then closes. Before, each view was one write(2), and each write
+// to a loopback socket ran the receiver's whole protocol path and woke it.
 type hostWriter struct {
 	fd      int
-	stage   *[]byte // gathered small views, taken on the first
-	off, n  int     // stage[off:n] not yet written
-	blocked bool
+	blocked bool // the socket took less than offered, or nothing (EAGAIN)
 	err     error
 }
+
+// Every slice Read hands WriteVec goes into the one writev.
+const _ = uint(unpolled.MaxIovecs - tcpip.MaxWriteVec)
 
 // errHostFull stops Endpoint.Read when the host socket takes no more.
 var errHostFull = errors.New("host socket full")
 
-func (w *hostWriter) Write(p []byte) (int, error) {
+// WriteVec implements tcpip.VectorWriter.
+func (w *hostWriter) WriteVec(bufs [][]byte) (int, error) {
 	if w.blocked || w.err != nil {
 		return 0, errHostFull
 	}
-	if len(p) < directMin {
-		if w.stage == nil {
-			w.stage = relayBufs.Get().(*[]byte)
-		}
-		if w.n+len(p) > len(*w.stage) && !w.flush() {
-			return 0, errHostFull
-		}
-		w.n += copy((*w.stage)[w.n:], p)
-		return len(p), nil
+	want := 0
+	for _, b := range bufs {
+		want += len(b)
 	}
-	if !w.flush() { // gathered data goes first
-		return 0, errHostFull
-	}
-	n, err := w.write(p)
-	if n < len(p) {
-		if err == nil {
-			err = io.ErrShortWrite
-		}
-		return n, err
-	}
-	return n, nil
-}
-
-// write is one write(2); EAGAIN or a short write marks the socket full.
-func (w *hostWriter) write(p []byte) (int, error) {
-	n, err := unpolled.Write(w.fd, p)
+	n, err := unpolled.Writev(w.fd, bufs)
 	switch {
 	case err == unix.EAGAIN:
 		w.blocked = true
@@ -454,55 +388,19 @@ func (w *hostWriter) write(p []byte) (int, error) {
 	case err != nil:
 		w.err = err
 		return 0, err
-	case n < len(p):
+	case n < want:
 		w.blocked = true
 	}
 	return n, nil
 }
 
-// flush writes the gathered data; it reports whether all of it went.
-func (w *hostWriter) flush() bool {
-	for w.off < w.n && !w.blocked && w.err == nil {
-		n, _ := w.write((*w.stage)[w.off:w.n])
-		w.off += n
+// Write implements io.Writer (one slice): Endpoint.Read calls WriteVec.
+func (w *hostWriter) Write(p []byte) (int, error) {
+	n, err := w.WriteVec([][]byte{p})
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
 	}
-	if w.off == w.n {
-		w.off, w.n = 0, 0
-		return true
-	}
-	return false
-}
-
-// release puts the stage buffer back.
-func (w *hostWriter) release() {
-	if w.stage != nil {
-		relayBufs.Put(w.stage)
-		w.stage = nil
-	}
-}
-
-// writeHost writes d's pending data to the host socket without waiting.
-func (r *tcpRelay) writeHost(d *relayDir) error {
-	var n int
-	var werr error
-	err := r.host.rc.Write(func(fd uintptr) bool {
-		n, werr = unpolled.Write(int(fd), (*d.pending)[d.off:d.n])
-		return true
-	})
-	if err != nil {
-		return err
-	}
-	if werr == unix.EAGAIN {
-		return errWouldBlock
-	}
-	if werr != nil {
-		return werr
-	}
-	d.off += n
-	if d.off >= d.n {
-		r.releasePending(d)
-	}
-	return nil
+	return n, err
 }
 
 // pumpDown moves host data to the container until the host socket has

@@ -102,16 +102,16 @@ func Write(fd int, p []byte) (int, error) {
 	return int(n), nil
 }
 
-// maxIovecs is the most slices one Readv takes.
-const maxIovecs = 16
+// MaxIovecs is the most slices one Readv or Writev takes.
+const MaxIovecs = 64
 
 // Readv is readv(2) on a non-blocking descriptor as a raw system call, as
-// Read, into at most 16 slices (the rest are left alone).
+// Read, into at most 64 slices (the rest are left alone).
 func Readv(fd int, bufs [][]byte) (int, error) {
-	var iov [maxIovecs]unix.Iovec
+	var iov [MaxIovecs]unix.Iovec
 	n := 0
 	for _, b := range bufs {
-		if n == maxIovecs {
+		if n == MaxIovecs {
 			break
 		}
 		if len(b) == 0 {
@@ -125,6 +125,32 @@ func Readv(fd int, bufs [][]byte) (int, error) {
 		return 0, nil
 	}
 	r, _, errno := unix.RawSyscall(unix.SYS_READV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(r), nil
+}
+
+// Writev is writev(2) on a non-blocking descriptor as a raw system call,
+// as Read, from at most 64 slices (the rest are left alone).
+func Writev(fd int, bufs [][]byte) (int, error) {
+	var iov [MaxIovecs]unix.Iovec
+	n := 0
+	for _, b := range bufs {
+		if n == MaxIovecs {
+			break
+		}
+		if len(b) == 0 {
+			continue
+		}
+		iov[n].Base = &b[0]
+		iov[n].SetLen(len(b))
+		n++
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	r, _, errno := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
 	if errno != 0 {
 		return 0, errno
 	}

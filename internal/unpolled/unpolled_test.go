@@ -139,6 +139,12 @@ func TestRawReadWrite(t *testing.T) {
 	if got := string(a) + string(b) + string(c[:2]); got != "0123456789" {
 		t.Fatalf("read %q, want the bytes written, in order", got)
 	}
+	if n, err := Writev(fds[1], [][]byte{[]byte("ab"), nil, []byte("cde")}); n != 5 || err != nil {
+		t.Fatalf("Writev: %d, %v; want 5", n, err)
+	}
+	if n, err := Read(fds[0], c); n != 5 || err != nil || string(c[:5]) != "abcde" {
+		t.Fatalf("Read after Writev: %q, %v; want \"abcde\"", c[:n], err)
+	}
 	if n, err := Readv(fds[0], [][]byte{a}); n != 0 || err != unix.EAGAIN {
 		t.Fatalf("Readv of an empty socket: %d, %v; want 0, EAGAIN", n, err)
 	}
