@@ -294,8 +294,6 @@ func (r *tcpRelay) upInline() {
 	r.startWorker(d)
 }
 
-// errWouldBlock ends a pump until the next kick.
-var errWouldBlock = errors.New("would block")
 
 // pumpUp moves container data to the host until the endpoint has none or
 // the host socket is full. It returns nil when it must wait, an error when
