@@ -294,7 +294,6 @@ func (r *tcpRelay) upInline() {
 	r.startWorker(d)
 }
 
-
 // pumpUp moves container data to the host until the endpoint has none or
 // the host socket is full. It returns nil when it must wait, an error when
 // the relay must be aborted.
