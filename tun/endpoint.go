@@ -474,7 +474,13 @@ func (e *Endpoint) readLoopEpoll() {
 		case wait == 0 || held == nil:
 			n, werr = unix.EpollWait(epfd, events, wait)
 		default:
-			if n, werr = heldEpollWait(epfd, events, held); werr == nil && n == 0 {
+			n, werr = heldWait(epfd, events, held)
+			if werr == unix.ENOSYS {
+				// No epoll_pwait2 (Linux before 5.11): wait the usual way.
+				e.log.Info("tun reader: no epoll_pwait2, waits without holding its P")
+				held, n, werr = nil, 0, nil
+			}
+			if werr == nil && n == 0 {
 				n, werr = unix.EpollWait(epfd, events, -1)
 			}
 		}
@@ -505,6 +511,9 @@ func (e *Endpoint) readLoopEpoll() {
 	}
 }
 
+// heldWait is heldEpollWait; tests replace it.
+var heldWait = heldEpollWait
+
 // heldEpollWait is epoll_pwait2(2) with a timeout as a raw system call:
 // the thread keeps its goroutine's P while it sleeps, where unix.EpollWait
 // enters the scheduler's syscall state. There, whenever the other Ps were
@@ -515,7 +524,9 @@ func (e *Endpoint) readLoopEpoll() {
 // it could run. Holding the P removes that churn; the timeout bounds what
 // holding it costs the rest of the process (a garbage collection's
 // stop-the-world, goroutines queued on this P, timers in its heap wait up
-// to that long), after which the reader blocks the usual way.
+// to that long), after which the reader blocks the usual way. It needs
+// Linux 5.11 (epoll_pwait2); before, the reader falls back to the usual
+// wait at the first ENOSYS.
 func heldEpollWait(epfd int, events []unix.EpollEvent, ts *unix.Timespec) (int, error) {
 	r, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(unsafe.Pointer(ts)), 0, 0)
 	if errno != 0 {

@@ -321,6 +321,20 @@ func TestEndpointPollSource(t *testing.T) {
 	for _, held := range []time.Duration{0, time.Millisecond} {
 		t.Run(fmt.Sprintf("held=%v", held), func(t *testing.T) { testEndpointPollSource(t, held) })
 	}
+	// A kernel without epoll_pwait2 (before 5.11): the reader waits the
+	// usual way instead of failing.
+	t.Run("held=1ms,ENOSYS", func(t *testing.T) {
+		var calls atomic.Int32
+		heldWait = func(int, []unix.EpollEvent, *unix.Timespec) (int, error) {
+			calls.Add(1)
+			return 0, unix.ENOSYS
+		}
+		t.Cleanup(func() { heldWait = heldEpollWait })
+		testEndpointPollSource(t, time.Millisecond)
+		if n := calls.Load(); n != 1 {
+			t.Errorf("the reader tried epoll_pwait2 %d times after ENOSYS, want once", n)
+		}
+	})
 }
 
 func testEndpointPollSource(t *testing.T, held time.Duration) {
