@@ -76,26 +76,18 @@ func Socket(domain, typ, proto int, name string) (*os.File, int, error) {
 // loopback the peer's transmit, in the same call) has its P taken and
 // handed to another thread, which costs a wake-up there and a wait for a P
 // on the way back. Only for descriptors that never block.
-func Read(fd int, p []byte) (int, error) {
-	var ptr unsafe.Pointer
-	if len(p) > 0 {
-		ptr = unsafe.Pointer(&p[0])
-	}
-	n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(ptr), uintptr(len(p)))
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
-}
+func Read(fd int, p []byte) (int, error) { return rawIO(unix.SYS_READ, fd, p) }
 
 // Write is write(2) on a non-blocking descriptor as a raw system call, as
 // Read.
-func Write(fd int, p []byte) (int, error) {
+func Write(fd int, p []byte) (int, error) { return rawIO(unix.SYS_WRITE, fd, p) }
+
+func rawIO(trap uintptr, fd int, p []byte) (int, error) {
 	var ptr unsafe.Pointer
 	if len(p) > 0 {
 		ptr = unsafe.Pointer(&p[0])
 	}
-	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(ptr), uintptr(len(p)))
+	n, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(ptr), uintptr(len(p)))
 	if errno != 0 {
 		return 0, errno
 	}
@@ -107,33 +99,13 @@ const MaxIovecs = 64
 
 // Readv is readv(2) on a non-blocking descriptor as a raw system call, as
 // Read, into at most 64 slices (the rest are left alone).
-func Readv(fd int, bufs [][]byte) (int, error) {
-	var iov [MaxIovecs]unix.Iovec
-	n := 0
-	for _, b := range bufs {
-		if n == MaxIovecs {
-			break
-		}
-		if len(b) == 0 {
-			continue
-		}
-		iov[n].Base = &b[0]
-		iov[n].SetLen(len(b))
-		n++
-	}
-	if n == 0 {
-		return 0, nil
-	}
-	r, _, errno := unix.RawSyscall(unix.SYS_READV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(r), nil
-}
+func Readv(fd int, bufs [][]byte) (int, error) { return rawIOv(unix.SYS_READV, fd, bufs) }
 
 // Writev is writev(2) on a non-blocking descriptor as a raw system call,
 // as Read, from at most 64 slices (the rest are left alone).
-func Writev(fd int, bufs [][]byte) (int, error) {
+func Writev(fd int, bufs [][]byte) (int, error) { return rawIOv(unix.SYS_WRITEV, fd, bufs) }
+
+func rawIOv(trap uintptr, fd int, bufs [][]byte) (int, error) {
 	var iov [MaxIovecs]unix.Iovec
 	n := 0
 	for _, b := range bufs {
@@ -150,7 +122,7 @@ func Writev(fd int, bufs [][]byte) (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
-	r, _, errno := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
+	r, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
 	if errno != 0 {
 		return 0, errno
 	}
