@@ -15,12 +15,6 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
-// relayBufSize is the most the TCP relay moves in one go: 256 KiB
-// measured fastest as a copy buffer (docs: gvisor-prototype-findings Q1;
-// 64 KiB and 1 MiB were both slower). The relay now copies through no
-// buffer of its own; down reads up to this much per write (hostReadMax).
-const relayBufSize = 256 << 10
-
 // Keepalive settings for both sides of a relayed connection.
 const (
 	keepIdle     = 30 * time.Second
@@ -373,10 +367,6 @@ func (w *hostWriter) WriteVec(bufs [][]byte) (int, error) {
 	if w.blocked || w.err != nil {
 		return 0, errHostFull
 	}
-	want := 0
-	for _, b := range bufs {
-		want += len(b)
-	}
 	n, err := unpolled.Writev(w.fd, bufs)
 	switch {
 	case err == unix.EAGAIN:
@@ -385,7 +375,7 @@ func (w *hostWriter) WriteVec(bufs [][]byte) (int, error) {
 	case err != nil:
 		w.err = err
 		return 0, err
-	case n < want:
+	case n < totalLen(bufs):
 		w.blocked = true
 	}
 	return n, nil
@@ -460,8 +450,10 @@ func (r *tcpRelay) pumpDown(reads int, shortDry bool) (more bool, err error) {
 }
 
 // hostReadMax is the most one Endpoint.Write takes from the host socket
-// (less when the send buffer has less room): the 256 KiB of relayBufSize.
-const hostReadMax = relayBufSize
+// (less when the send buffer has less room): 256 KiB, the size that
+// measured fastest for the relay's copy buffer when it had one (docs:
+// gvisor-prototype-findings Q1; 64 KiB and 1 MiB were both slower).
+const hostReadMax = 256 << 10
 
 // hostReader is the tcpip.Payloader through which Endpoint.Write reads the
 // host socket straight into the views of netstack's send queue (64 KiB
@@ -489,13 +481,13 @@ type hostReader struct {
 func (h *hostReader) Len() int { return hostReadMax }
 
 func (h *hostReader) Read(p []byte) (int, error) {
-	if len(p) == 0 {
+	if len(p) == 0 { // View.ReadFrom's check for the end
 		if h.drained || h.eof || h.err != nil {
 			return 0, io.EOF
 		}
 		return 0, nil
 	}
-	return h.read(p, nil)
+	return h.ReadVec([][]byte{p})
 }
 
 // ReadVec is Read into several slices with one readv(2)
@@ -503,26 +495,11 @@ func (h *hostReader) Read(p []byte) (int, error) {
 // a large write needs with one system call, and the host socket's ACK
 // that opens the sender's window goes once per call, not per view.
 func (h *hostReader) ReadVec(bufs [][]byte) (int, error) {
-	return h.read(nil, bufs)
-}
-
-// read is one read(2) into p, or readv(2) into bufs.
-func (h *hostReader) read(p []byte, bufs [][]byte) (int, error) {
 	if h.drained || h.eof || h.err != nil {
 		return 0, io.EOF
 	}
-	want := len(p)
-	for _, b := range bufs {
-		want += len(b)
-	}
 	for {
-		var n int
-		var err error
-		if bufs != nil {
-			n, err = unpolled.Readv(h.fd, bufs)
-		} else {
-			n, err = unpolled.Read(h.fd, p)
-		}
+		n, err := unpolled.Readv(h.fd, bufs)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -536,11 +513,20 @@ func (h *hostReader) read(p []byte, bufs [][]byte) (int, error) {
 			h.eof = true
 			return 0, io.EOF
 		}
-		if h.shortDry && n < want {
+		if h.shortDry && n < totalLen(bufs) {
 			h.drained = true
 		}
 		return n, nil
 	}
+}
+
+// totalLen is the summed length of bufs.
+func totalLen(bufs [][]byte) int {
+	n := 0
+	for _, b := range bufs {
+		n += len(b)
+	}
+	return n
 }
 
 // directionEnded notes an EOF passed through; the second one closes the

@@ -10,6 +10,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/nsappliance/appliance/internal/unpolled"
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/rawfile"
@@ -569,7 +570,9 @@ func (e *Endpoint) readBatch() (done bool, reads int, fatal error) {
 		if !e.dev.VnetHdr {
 			vec = iov[1:] // no virtio-net header in front
 		}
-		n, err := rawIO(unix.SYS_READV, e.fd, vec)
+		// A raw system call: the goroutine keeps its P (see
+		// unpolled.IovecIO); a non-blocking TUN read returns promptly.
+		n, err := unpolled.IovecIO(unix.SYS_READV, e.fd, vec)
 		switch {
 		case err == unix.EAGAIN || err == unix.EINTR:
 			return false, reads, nil
@@ -699,7 +702,7 @@ func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) 
 		}
 		iov = appendIovecs(iov, pkt)
 		size := pkt.Size()
-		_, err := rawIO(unix.SYS_WRITEV, e.fd, iov)
+		_, err := unpolled.IovecIO(unix.SYS_WRITEV, e.fd, iov) // raw, as the reads
 		switch {
 		case err == nil:
 			e.stats.TxPackets.Add(1)
@@ -780,23 +783,6 @@ func (e *Endpoint) SetKernelFilter(progFD int) error {
 		return fmt.Errorf("tun %s: attach filter program: %w", e.dev.Name, errno)
 	}
 	return nil
-}
-
-// rawIO is readv(2) or writev(2) on the non-blocking TUN descriptor as a raw
-// system call: the goroutine keeps its P through the call. unix.Readv and
-// unix.Writev enter the scheduler's syscall state, and a P taken away there
-// is a hand-off to another thread on the way back. A non-blocking TUN read
-// or write returns promptly (a write runs the receiving kernel's protocol
-// work: tens of microseconds at most).
-func rawIO(trap uintptr, fd int, iov []unix.Iovec) (int, error) {
-	if len(iov) == 0 {
-		return 0, unix.EINVAL
-	}
-	r, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(r), nil
 }
 
 // appendIovecs appends pkt's bytes from its first header on, one iovec per

@@ -122,7 +122,19 @@ func rawIOv(trap uintptr, fd int, bufs [][]byte) (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
-	r, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n))
+	return IovecIO(trap, fd, iov[:n])
+}
+
+// IovecIO is readv(2) or writev(2) (trap) of iov on a non-blocking
+// descriptor as a raw system call, as Read: the TUN's reads and writes
+// (a TUN write runs the receiving kernel's protocol work, tens of
+// microseconds at most) and Readv and Writev use it. An empty iov is
+// EINVAL.
+func IovecIO(trap uintptr, fd int, iov []unix.Iovec) (int, error) {
+	if len(iov) == 0 {
+		return 0, unix.EINVAL
+	}
+	r, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
 	if errno != 0 {
 		return 0, errno
 	}
