@@ -69,40 +69,21 @@ func Socket(domain, typ, proto int, name string) (*os.File, int, error) {
 	return f, fd, nil
 }
 
-// Read is read(2) on a non-blocking descriptor as a raw system call: the
-// calling goroutine keeps its P through the call. unix.Read enters the
-// scheduler's syscall state, and a call that outlasts a sysmon tick (20 µs
-// when busy: a 64 KiB read from a TCP socket runs the ACK it sends, and on
-// loopback the peer's transmit, in the same call) has its P taken and
-// handed to another thread, which costs a wake-up there and a wait for a P
-// on the way back. Only for descriptors that never block.
-func Read(fd int, p []byte) (int, error) { return rawIO(unix.SYS_READ, fd, p) }
-
-// Write is write(2) on a non-blocking descriptor as a raw system call, as
-// Read.
-func Write(fd int, p []byte) (int, error) { return rawIO(unix.SYS_WRITE, fd, p) }
-
-func rawIO(trap uintptr, fd int, p []byte) (int, error) {
-	var ptr unsafe.Pointer
-	if len(p) > 0 {
-		ptr = unsafe.Pointer(&p[0])
-	}
-	n, _, errno := unix.RawSyscall(trap, uintptr(fd), uintptr(ptr), uintptr(len(p)))
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
-}
-
 // MaxIovecs is the most slices one Readv or Writev takes.
 const MaxIovecs = 64
 
-// Readv is readv(2) on a non-blocking descriptor as a raw system call, as
-// Read, into at most 64 slices (the rest are left alone).
+// Readv is readv(2) on a non-blocking descriptor as a raw system call,
+// into at most 64 slices (the rest are left alone): the calling goroutine
+// keeps its P through the call. unix.Readv enters the scheduler's syscall
+// state, and a call that outlasts a sysmon tick (20 µs when busy: a 64 KiB
+// read from a TCP socket runs the ACK it sends, and on loopback the peer's
+// transmit, in the same call) has its P taken and handed to another
+// thread, which costs a wake-up there and a wait for a P on the way back.
+// Only for descriptors that never block.
 func Readv(fd int, bufs [][]byte) (int, error) { return rawIOv(unix.SYS_READV, fd, bufs) }
 
 // Writev is writev(2) on a non-blocking descriptor as a raw system call,
-// as Read, from at most 64 slices (the rest are left alone).
+// as Readv, from at most 64 slices (the rest are left alone).
 func Writev(fd int, bufs [][]byte) (int, error) { return rawIOv(unix.SYS_WRITEV, fd, bufs) }
 
 func rawIOv(trap uintptr, fd int, bufs [][]byte) (int, error) {
@@ -126,7 +107,7 @@ func rawIOv(trap uintptr, fd int, bufs [][]byte) (int, error) {
 }
 
 // IovecIO is readv(2) or writev(2) (trap) of iov on a non-blocking
-// descriptor as a raw system call, as Read: the TUN's reads and writes
+// descriptor as a raw system call, as Readv: the TUN's reads and writes
 // (a TUN write runs the receiving kernel's protocol work, tens of
 // microseconds at most) and Readv and Writev use it. An empty iov is
 // EINVAL.

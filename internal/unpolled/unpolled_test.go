@@ -112,8 +112,8 @@ func TestSocket(t *testing.T) {
 	}
 }
 
-// TestRawReadWrite: Write, Read and Readv move bytes as write(2), read(2)
-// and readv(2) do, and report EAGAIN from an empty non-blocking socket as
+// TestRawReadWrite: Writev and Readv (with one slice, as read(2) and
+// write(2); with several) move bytes as writev(2) and readv(2) do, and report EAGAIN from an empty non-blocking socket as
 // an error, not as a count.
 func TestRawReadWrite(t *testing.T) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
@@ -122,10 +122,10 @@ func TestRawReadWrite(t *testing.T) {
 	}
 	defer unix.Close(fds[0])
 	defer unix.Close(fds[1])
-	if n, err := Read(fds[0], make([]byte, 4)); n != 0 || err != unix.EAGAIN {
+	if n, err := Readv(fds[0], [][]byte{make([]byte, 4)}); n != 0 || err != unix.EAGAIN {
 		t.Fatalf("Read of an empty socket: %d, %v; want 0, EAGAIN", n, err)
 	}
-	if n, err := Write(fds[1], []byte("0123456789")); n != 10 || err != nil {
+	if n, err := Writev(fds[1], [][]byte{[]byte("0123456789")}); n != 10 || err != nil {
 		t.Fatalf("Write: %d, %v", n, err)
 	}
 	a, b := make([]byte, 4), make([]byte, 4)
@@ -133,7 +133,7 @@ func TestRawReadWrite(t *testing.T) {
 		t.Fatalf("Readv: %d, %v; want 8", n, err)
 	}
 	c := make([]byte, 8)
-	if n, err := Read(fds[0], c); n != 2 || err != nil {
+	if n, err := Readv(fds[0], [][]byte{c}); n != 2 || err != nil {
 		t.Fatalf("Read: %d, %v; want 2", n, err)
 	}
 	if got := string(a) + string(b) + string(c[:2]); got != "0123456789" {
@@ -142,7 +142,7 @@ func TestRawReadWrite(t *testing.T) {
 	if n, err := Writev(fds[1], [][]byte{[]byte("ab"), nil, []byte("cde")}); n != 5 || err != nil {
 		t.Fatalf("Writev: %d, %v; want 5", n, err)
 	}
-	if n, err := Read(fds[0], c); n != 5 || err != nil || string(c[:5]) != "abcde" {
+	if n, err := Readv(fds[0], [][]byte{c}); n != 5 || err != nil || string(c[:5]) != "abcde" {
 		t.Fatalf("Read after Writev: %q, %v; want \"abcde\"", c[:n], err)
 	}
 	if n, err := Readv(fds[0], [][]byte{a}); n != 0 || err != unix.EAGAIN {
