@@ -1,5 +1,7 @@
 // Package bench measures the appliance against the kernel's own veth path
-// and other userspace stacks (pasta, slirp4netns): iperf3 throughput both
+// and other userspace stacks (pasta, slirp4netns), and against the floor
+// of every such stack, a plain userspace TCP relay between kernel sockets
+// (Proxy): iperf3 throughput both
 // ways, netperf-style request/response latency (RR) and connection rate
 // (CRR). It builds throwaway network namespaces and removes them again.
 // Start with Run; RR, CRR and Serve are the netperf-style client and server.
@@ -28,10 +30,11 @@ const (
 	PathAppliance   = "appliance"
 	PathPasta       = "pasta"
 	PathSlirp4netns = "slirp4netns"
+	PathProxy       = "proxy"
 )
 
 // ComparePaths are the paths --compare may name.
-var ComparePaths = []string{PathKernel, PathPasta, PathSlirp4netns}
+var ComparePaths = []string{PathKernel, PathProxy, PathPasta, PathSlirp4netns}
 
 // Config says what to measure. The zero value of each field is the
 // documented default.
@@ -41,8 +44,9 @@ type Config struct {
 	// Mode is the appliance mode: "gateway" (the default) or "router". In
 	// router mode the appliance forwards between a client and a server
 	// namespace (`appliance router`), the kernel path is a router namespace
-	// with ip_forward=1 between two veth pairs, and pasta and slirp4netns,
-	// which have no router mode, are left out.
+	// with ip_forward=1 between two veth pairs, and the proxy, pasta and
+	// slirp4netns, which terminate TCP and have no router mode, are left
+	// out.
 	Mode string
 	// CC is the appliance's congestion control (--cc); empty leaves the
 	// appliance's default. When the kernel offers it (KernelCC), the

@@ -111,7 +111,7 @@ func TestConfigDefaults(t *testing.T) {
 				if err != nil {
 					t.Fatalf("defaults() = %v", err)
 				}
-				if c.Time != 5*time.Second || len(c.MTUs) != 2 || len(c.Compare) != 3 {
+				if c.Time != 5*time.Second || len(c.MTUs) != 2 || !slices.Equal(c.Compare, ComparePaths) {
 					t.Errorf("defaults() = %+v", c)
 				}
 				return
@@ -133,7 +133,7 @@ func TestConfigDefaultsRouter(t *testing.T) {
 	if !slices.Equal(c.MTUs, []int{1500}) || !slices.Equal(c.Compare, []string{PathKernel}) {
 		t.Errorf("router defaults: MTUs %v, Compare %v; want [1500], [kernel]", c.MTUs, c.Compare)
 	}
-	if !slices.Equal(ComparePaths, []string{PathKernel, PathPasta, PathSlirp4netns}) {
+	if !slices.Equal(ComparePaths, []string{PathKernel, PathProxy, PathPasta, PathSlirp4netns}) {
 		t.Errorf("router defaults changed ComparePaths: %v", ComparePaths)
 	}
 }

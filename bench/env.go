@@ -26,8 +26,11 @@ const (
 // env is one path's topology: the client runs in client, the servers in
 // server. close removes everything.
 type env struct {
-	bin    string
-	addr   string // the server's address: serverAddr, or routerServerAddr
+	bin  string
+	addr string // the address the client dials: serverAddr, routerServerAddr or proxyAddr
+	// bind is where the servers listen when not at addr (the proxy path's
+	// servers are behind the relay at serverAddr).
+	bind   string
 	client *testbed.Netns
 	server *testbed.Netns
 	nss    []*testbed.Netns
@@ -87,13 +90,21 @@ func setup(ctx context.Context, cfg *Config, path string, mtu int) (*env, error)
 		err = e.setupPasta(ctx, mtu)
 	case path == PathSlirp4netns:
 		err = e.setupSlirp(ctx, mtu)
+	case path == PathProxy:
+		err = e.setupProxy(mtu)
 	default:
 		err = fmt.Errorf("unknown path %q", path)
 	}
 	if err != nil {
 		return e, err
 	}
-	return e, e.startServers(cfg.Series)
+	if err := e.startServers(cfg.Series); err != nil {
+		return e, err
+	}
+	if path == PathProxy {
+		return e, e.startProxy()
+	}
+	return e, nil
 }
 
 // setupKernel: client <-veth-> server, both ends at mtu.
@@ -152,6 +163,55 @@ func (e *env) setupAppliance(cfg *Config, mtu int) error {
 		return err
 	}
 	e.app, e.client, e.server = a, c, h
+	return nil
+}
+
+// proxyAddr is the proxy path's relay, the host end of the container's veth.
+const proxyAddr = "198.18.2.1"
+
+// setupProxy: container -veth(mtu)-> a userspace TCP relay (`netperf
+// proxy`, Proxy) in host -> lo. The container dials proxyAddr, the relay
+// dials serverAddr on the same port; the servers listen on serverAddr only.
+func (e *env) setupProxy(mtu int) error {
+	h, err := e.hostWithServerAddr()
+	if err != nil {
+		return err
+	}
+	c, err := e.netns("c")
+	if err != nil {
+		return err
+	}
+	v, err := testbed.Veth(c, h, []netip.Prefix{netip.MustParsePrefix("198.18.2.2/24")},
+		[]netip.Prefix{netip.MustParsePrefix(proxyAddr + "/24")})
+	if err != nil {
+		return err
+	}
+	if err := c.SetMTU(v.A, mtu); err != nil {
+		return err
+	}
+	if err := h.SetMTU(v.B, mtu); err != nil {
+		return err
+	}
+	e.client, e.server = c, h
+	e.addr, e.bind = proxyAddr, serverAddr
+	return nil
+}
+
+// startProxy starts the relay for the iperf3 and netperf ports and waits
+// until it listens.
+func (e *env) startProxy() error {
+	var args []string
+	for _, port := range []int{iperfPort, netperfPort} {
+		args = append(args, fmt.Sprintf("%s:%d=%s:%d", e.addr, port, e.bind, port))
+	}
+	if _, err := e.server.Start(e.bin, append([]string{"netperf", "proxy"}, args...)...); err != nil {
+		return err
+	}
+	for _, port := range []int{iperfPort, netperfPort} {
+		if err := e.server.WaitListenOn("tcp", netip.AddrPortFrom(netip.MustParseAddr(e.addr), uint16(port)), 5*time.Second); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -238,14 +298,18 @@ func waitDefaultRoute(ctx context.Context, c *testbed.Netns) error {
 // carries the server's intervals: the receiver's throughput of an upload,
 // the sender's RTT of a download.
 func (e *env) startServers(series bool) error {
-	args := []string{"-s", "-B", e.addr, "-p", fmt.Sprint(iperfPort)}
+	bind := e.addr
+	if e.bind != "" {
+		bind = e.bind
+	}
+	args := []string{"-s", "-B", bind, "-p", fmt.Sprint(iperfPort)}
 	if series {
 		args = append(args, "-J", "-i", fmt.Sprint(Interval.Seconds()))
 	}
 	if _, err := e.server.Start("iperf3", args...); err != nil {
 		return err
 	}
-	if _, err := e.server.Start(e.bin, "netperf", "serve", fmt.Sprintf("%s:%d", e.addr, netperfPort)); err != nil {
+	if _, err := e.server.Start(e.bin, "netperf", "serve", fmt.Sprintf("%s:%d", bind, netperfPort)); err != nil {
 		return err
 	}
 	if err := e.server.WaitListen("tcp", iperfPort, 5*time.Second); err != nil {

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -808,25 +809,30 @@ func TestCustomLayout(t *testing.T) {
 	}
 }
 
-// TestBench runs the README's measuring command in miniature: the kernel
-// and appliance rows must both come out with numbers.
+// TestBench runs the README's measuring command in miniature: the kernel,
+// appliance and proxy rows must all come out with numbers (throughput,
+// RR latency, CRR rate: through the proxy too, whose relay must pass
+// CRR's half-close on).
 func TestBench(t *testing.T) {
 	requireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, applianceBin, "bench", "--time", "1s", "--rr-time", "500ms", "--mtu", "1500", "--compare", "kernel")
+	cmd := exec.CommandContext(ctx, applianceBin, "bench", "--time", "1s", "--rr-time", "500ms", "--mtu", "1500", "--compare", "kernel,proxy")
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("appliance bench: %v\n%s", err, out)
 	}
-	for _, path := range []string{"kernel", "appliance"} {
-		re := regexp.MustCompile(`(?m)^\s*` + path + `\s+1500\s+([0-9.]+)\s+([0-9.]+)\s`)
+	// path MTU up down up/kernel down/kernel p50 p99 CRR CRR/kernel
+	for _, path := range []string{"kernel", "appliance", "proxy"} {
+		re := regexp.MustCompile(`(?m)^\s*` + path + `\s+1500\s+([0-9.]+)\s+([0-9.]+)\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)\s+[0-9.]+\s+([0-9.]+)\s+[0-9.]+\s*$`)
 		m := re.FindSubmatch(out)
 		if m == nil {
-			t.Fatalf("bench output has no %s row:\n%s", path, out)
+			t.Fatalf("bench output has no %s row with every figure:\n%s", path, out)
 		}
-		if string(m[1]) == "0.00" || string(m[2]) == "0.00" {
-			t.Errorf("bench %s row moved nothing: %s", path, m[0])
+		for i, what := range []string{"upload", "download", "RR p50", "CRR"} {
+			if v, _ := strconv.ParseFloat(string(m[i+1]), 64); v <= 0 {
+				t.Errorf("bench %s row: %s is %s: %s", path, what, m[i+1], m[0])
+			}
 		}
 	}
 

@@ -31,12 +31,17 @@ func newBenchCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure the appliance against the kernel, pasta and slirp4netns (needs root and iperf3)",
+		Short: "Measure the appliance against the kernel, a plain TCP relay, pasta and slirp4netns (needs root and iperf3)",
 		Long: `bench makes throwaway network namespaces and, for each MTU, measures:
 
   kernel       a client namespace and a server namespace on a veth pair
   appliance    a container namespace behind this appliance (gateway mode),
                the servers on the host namespace's own address
+  proxy        the same container on a veth pair to the host namespace,
+               where a userspace TCP relay between kernel sockets accepts
+               each connection and dials the server: no TUN and no
+               userspace TCP, so the floor of any relay that terminates
+               TCP (the appliance, pasta, slirp4netns) on this machine
   pasta        the same container behind pasta, when installed
   slirp4netns  the same container behind slirp4netns, when installed
 
@@ -207,7 +212,8 @@ func benchConns(cmd *cobra.Command, list string, kernel bool, profile string, as
 }
 
 // newNetperfCmd is the hidden netperf-style client and server bench runs
-// inside namespaces: `netperf serve ADDR`, `netperf rr|crr ADDR [DURATION]`.
+// inside namespaces: `netperf serve ADDR`, `netperf rr|crr ADDR [DURATION]`,
+// `netperf proxy LISTEN=TARGET...`.
 func newNetperfCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:    "netperf",
@@ -238,6 +244,48 @@ func newNetperfCmd() *cobra.Command {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return bench.HoldServe(ctx, args)
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "proxy LISTEN=TARGET...",
+		Short: "relay TCP connections from each LISTEN address to its TARGET until SIGINT/SIGTERM",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			type pair struct {
+				ln     net.Listener
+				target string
+			}
+			var pairs []pair
+			defer func() {
+				for _, p := range pairs {
+					p.ln.Close()
+				}
+			}()
+			for _, a := range args {
+				listen, target, ok := strings.Cut(a, "=")
+				if !ok || listen == "" || target == "" {
+					return usagef("proxy %q: want LISTEN=TARGET, like 127.0.0.1:8080=192.0.2.1:80", a)
+				}
+				ln, err := net.Listen("tcp", listen)
+				if err != nil {
+					return err
+				}
+				pairs = append(pairs, pair{ln, target})
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			errs := make(chan error, len(pairs))
+			for _, p := range pairs {
+				go func() { errs <- bench.Proxy(ctx, p.ln, p.target) }()
+			}
+			var first error
+			for range pairs {
+				if err := <-errs; err != nil && first == nil {
+					first = err
+					stop() // one listener failed: end the others too
+				}
+			}
+			return first
 		},
 	})
 	var holdN, holdPar int

@@ -261,6 +261,15 @@ func prepare(cmd *exec.Cmd) {
 // WaitListen waits up to timeout until a socket in n listens on port
 // (proto "tcp" or "udp"), as `ss -l` shows it.
 func (n *Netns) WaitListen(proto string, port int, timeout time.Duration) error {
+	return n.waitListen(proto, fmt.Sprintf("port %d", port), []string{"sport", "=", fmt.Sprintf(":%d", port)}, timeout)
+}
+
+// WaitListenOn is WaitListen for a socket bound to the address ap itself.
+func (n *Netns) WaitListenOn(proto string, ap netip.AddrPort, timeout time.Duration) error {
+	return n.waitListen(proto, ap.String(), []string{"src", ap.String()}, timeout)
+}
+
+func (n *Netns) waitListen(proto, what string, filter []string, timeout time.Duration) error {
 	flag := "-Hltn"
 	if proto == "udp" {
 		flag = "-Hlun"
@@ -268,13 +277,13 @@ func (n *Netns) WaitListen(proto string, port int, timeout time.Duration) error 
 	deadline := time.Now().Add(timeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		out, err := n.Run(ctx, "ss", flag, "sport", "=", fmt.Sprintf(":%d", port))
+		out, err := n.Run(ctx, "ss", append([]string{flag}, filter...)...)
 		cancel()
 		if err == nil && len(strings.TrimSpace(string(out))) > 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("netns %s: nothing listens on %s port %d after %v: %w", n.Name, proto, port, timeout, ErrTimeout)
+			return fmt.Errorf("netns %s: nothing listens on %s %s after %v: %w", n.Name, proto, what, timeout, ErrTimeout)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
