@@ -1,9 +1,12 @@
 package netstack
 
 import (
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 )
@@ -95,3 +98,101 @@ func TestDelayedAckPingPong(t *testing.T) {
 		t.Errorf("%d delayed ACKs sent by the timer, want still 1", n)
 	}
 }
+
+// TestDelayedAckTimerAfterReset: the delayed-ACK timer fires, and before
+// its handler gets the endpoint's lock a reset cleans the endpoint up
+// (gVisor patch 0045). The handler must then do nothing; without the
+// patch it dereferenced the cleaned-up timer's nil clock and the process
+// panicked (seen in RR runs through the gateway). The fake clock holds
+// the 40 ms timer and the test calls its callback itself, after the
+// reset: the order the race produced.
+func TestDelayedAckTimerAfterReset(t *testing.T) {
+	clock := &heldTimerClock{Clock: tcpip.NewStdClock(), hold: 40 * time.Millisecond}
+	s, ep := rawStackWith(t, Options{Clock: clock})
+	p, c := connectRaw(t, s, ep)
+	p.drain()
+	exchange := func(b byte) {
+		t.Helper()
+		p.send(header.TCPFlagAck|header.TCPFlagPsh, p.sndNxt, []byte{b})
+		p.sndNxt++
+		var got [1]byte
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(got[:]); err != nil || got[0] != b {
+			t.Fatalf("read %q, %v; want %q", got[0], err, b)
+		}
+		if b == 'b' {
+			return // left unanswered: the delayed ACK is armed
+		}
+		if _, err := c.Write([]byte{b}); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			seg := p.read()
+			if len(seg.Payload()) > 0 {
+				p.rcvNxt = seqnum.Value(seg.SequenceNumber()).Add(seqnum.Size(len(seg.Payload())))
+				return
+			}
+		}
+	}
+	exchange('a') // the answer enters ping-pong mode
+	exchange('b')
+	fire := clock.held()
+	if fire == nil {
+		t.Fatal("no 40 ms timer was started: the request's ACK was not delayed")
+	}
+	p.send(header.TCPFlagRst|header.TCPFlagAck, p.sndNxt, nil)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b [1]byte
+	if _, err := c.Read(b[:]); err == nil || strings.Contains(err.Error(), "timeout") {
+		t.Fatalf("read after the peer's RST = %v, want the reset", err)
+	}
+	p.drain()
+	// On a goroutine of its own, as the timer runs it: a panic there
+	// ends the test binary at once (on the test's goroutine, the
+	// endpoint's lock, held by the panicking handler, would hang the
+	// cleanups instead).
+	fired := make(chan struct{})
+	go func() {
+		defer close(fired)
+		fire() // panicked before patch 0045
+	}()
+	<-fired
+	if n := s.Stats().TCP.DelayedAcks.Value(); n != 0 {
+		t.Errorf("the timer sent %d delayed ACKs on a reset connection, want 0", n)
+	}
+	if pkt := ep.Read(); pkt != nil {
+		pkt.DecRef()
+		t.Error("a segment was sent on the reset connection after the timer fired")
+	}
+}
+
+// heldTimerClock is the real clock except for timers of duration hold:
+// those never fire by themselves (Stop and Reset do nothing), and held
+// returns the last one's callback for the test to call.
+type heldTimerClock struct {
+	tcpip.Clock
+	hold time.Duration
+	mu   sync.Mutex
+	f    func()
+}
+
+func (c *heldTimerClock) AfterFunc(d time.Duration, f func()) tcpip.Timer {
+	if d != c.hold {
+		return c.Clock.AfterFunc(d, f)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.f = f
+	return heldTimer{}
+}
+
+func (c *heldTimerClock) held() func() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.f
+}
+
+type heldTimer struct{}
+
+func (heldTimer) Stop() bool            { return true }
+func (heldTimer) Reset(d time.Duration) {}

@@ -41,6 +41,9 @@ type Options struct {
 	// edge, emulation) must count on the same links before the stack
 	// exists.
 	Outcomes *outcome.Table
+	// Clock is the stack's clock; nil means the real one. Tests give a
+	// fake to decide when timers fire.
+	Clock tcpip.Clock
 }
 
 // Stack is a gVisor stack with the appliance's defaults applied.
@@ -71,6 +74,7 @@ func New(opts Options) (*Stack, error) {
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
+		Clock:              opts.Clock,
 	})
 	ns := &Stack{Stack: s, log: log.With("component", "netstack"), outcomes: opts.Outcomes}
 	if ns.outcomes == nil {

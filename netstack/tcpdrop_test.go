@@ -98,7 +98,13 @@ func (p *rawPeer) drain() {
 // route), on a channel link for a rawPeer.
 func rawStack(t *testing.T) (*Stack, *channel.Endpoint) {
 	t.Helper()
-	s := newTestStack(t, Options{})
+	return rawStackWith(t, Options{})
+}
+
+// rawStackWith is rawStack with opts.
+func rawStackWith(t *testing.T, opts Options) (*Stack, *channel.Endpoint) {
+	t.Helper()
+	s := newTestStack(t, opts)
 	ep := channel.New(256, 1500, "")
 	if _, err := s.AttachNIC(ep, NICOptions{Name: "eth0", Addresses: []tcpip.AddressWithPrefix{{Address: localAddr, PrefixLen: 24}}, DefaultRoute: true}); err != nil {
 		t.Fatal(err)
