@@ -214,7 +214,13 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 		return g.handleUDP(udp.NewForwarderRequest(s.Stack, id, pkt))
 	})
 
-	nic, err := s.AttachNIC(g.link, netstack.NICOptions{
+	// The NIC's ID is known before the link's reader starts: the echo
+	// hooks (echoHooksIn) run on the reader and read g.nic, and
+	// assigning it after AttachNIC raced with the container's first
+	// packets.
+	g.nic = s.NextNICID()
+	_, err = s.AttachNIC(g.link, netstack.NICOptions{
+		ID:           g.nic,
 		Name:         NICName,
 		Promiscuous:  true,
 		Addresses:    addrs,
@@ -227,7 +233,6 @@ func NewGateway(ep stack.LinkEndpoint, opts Options) (*Gateway, error) {
 		s.Destroy()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	g.nic = nic
 
 	for _, p := range opts.Publish {
 		if err := g.startPublish(p); err != nil {

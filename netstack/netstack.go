@@ -178,6 +178,10 @@ func (s *Stack) setOutcomeLink(nic tcpip.NICID, o *outcomeLink) {
 
 // NICOptions configures AttachNIC.
 type NICOptions struct {
+	// ID is the NIC's ID; zero means the stack's next (NextNICID). Take
+	// one beforehand when code on the link's reader needs it: the reader
+	// may deliver packets before AttachNIC returns.
+	ID tcpip.NICID
 	// Name is the NIC's name in netstack (shown by iptables -i/-o).
 	Name string
 	// Promiscuous makes the NIC accept packets for any address and send
@@ -193,7 +197,12 @@ type NICOptions struct {
 // AttachNIC creates a NIC on ep and configures it. Every packet the NIC
 // receives is accounted to an outcome on Outcomes().Link(opts.Name).
 func (s *Stack) AttachNIC(ep stack.LinkEndpoint, opts NICOptions) (tcpip.NICID, error) {
-	id := s.NextNICID()
+	id := opts.ID
+	if id == 0 {
+		id = s.NextNICID()
+	} else if s.HasNIC(id) {
+		return 0, fmt.Errorf("attach nic %q: id %d is in use", opts.Name, id)
+	}
 	ol := &outcomeLink{WrappedLink: WrappedLink{LinkEndpoint: ep}, s: s, l: s.outcomes.Link(opts.Name), routes: !opts.Promiscuous}
 	ol.deferred.c = &ol.queued
 	s.setOutcomeLink(id, ol)

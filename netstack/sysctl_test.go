@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 )
 
 func newTestStack(t *testing.T, opts Options) *Stack {
@@ -122,5 +124,30 @@ func TestAll(t *testing.T) {
 		if all[i-1].Key >= all[i].Key {
 			t.Fatalf("All() not sorted at %q, %q", all[i-1].Key, all[i].Key)
 		}
+	}
+}
+
+// TestAttachNICID: a NIC gets the ID NICOptions.ID names (the gateway
+// takes it beforehand, for code on the link's reader), or the stack's
+// next one when it names none.
+func TestAttachNICID(t *testing.T) {
+	s := newTestStack(t, Options{})
+	want := s.NextNICID()
+	id, err := s.AttachNIC(channel.New(4, 1500, ""), NICOptions{ID: want, Name: "a"})
+	if err != nil || id != want {
+		t.Fatalf("AttachNIC(ID %d) = %d, %v", want, id, err)
+	}
+	if name := s.FindNICNameFromID(want); name != "a" {
+		t.Errorf("NIC %d is named %q, want a", want, name)
+	}
+	next, err := s.AttachNIC(channel.New(4, 1500, ""), NICOptions{Name: "b"})
+	if err != nil || next == want || next == 0 {
+		t.Fatalf("AttachNIC(no ID) = %d, %v; want a new ID", next, err)
+	}
+	if _, err := s.AttachNIC(channel.New(4, 1500, ""), NICOptions{ID: want, Name: "c"}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("AttachNIC with an ID in use = %v, want an error saying so", err)
+	}
+	if name := s.FindNICNameFromID(want); name != "a" {
+		t.Errorf("after the refused attach, NIC %d is named %q, want a", want, name)
 	}
 }
