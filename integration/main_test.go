@@ -169,7 +169,13 @@ func newNetns(t testing.TB, prefix string) *testbed.Netns {
 // logging its stderr if the test failed.
 func startAppliance(t *testing.T, host *testbed.Netns, args ...string) *testbed.Appliance {
 	t.Helper()
-	a, err := testbed.StartAppliance(applianceBin, host, args...)
+	return startApplianceBin(t, applianceBin, host, args...)
+}
+
+// startApplianceBin is startAppliance with another build of the appliance.
+func startApplianceBin(t *testing.T, bin string, host *testbed.Netns, args ...string) *testbed.Appliance {
+	t.Helper()
+	a, err := testbed.StartAppliance(bin, host, args...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,11 +38,25 @@ func ModuleRoot() (string, error) {
 // Build runs `go build -o out pkg` in the module root, without the race
 // detector even if GOFLAGS asks for it.
 func Build(ctx context.Context, pkg, out string) error {
+	return build(ctx, pkg, out, false)
+}
+
+// BuildRace is Build with the race detector (-race, which needs cgo).
+func BuildRace(ctx context.Context, pkg, out string) error {
+	return build(ctx, pkg, out, true)
+}
+
+func build(ctx context.Context, pkg, out string, race bool) error {
 	root, err := ModuleRoot()
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
+	args := []string{"build", "-o", out}
+	cgo := "CGO_ENABLED=0"
+	if race {
+		args, cgo = append(args, "-race"), "CGO_ENABLED=1"
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
 	cmd.Dir = root
 	var flags []string
 	for _, f := range strings.Fields(os.Getenv("GOFLAGS")) {
@@ -50,9 +64,9 @@ func Build(ctx context.Context, pkg, out string) error {
 			flags = append(flags, f)
 		}
 	}
-	cmd.Env = append(os.Environ(), "GOFLAGS="+strings.Join(flags, " "), "CGO_ENABLED=0")
+	cmd.Env = append(os.Environ(), "GOFLAGS="+strings.Join(flags, " "), cgo)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+		return fmt.Errorf("go build %s: %w\n%s", strings.Join(args[1:], " "), err, b)
 	}
 	return nil
 }
