@@ -141,17 +141,30 @@ func TestConfigDefaultsRouter(t *testing.T) {
 // startServer serves the RR/CRR protocol on loopback until the test ends.
 func startServer(tb testing.TB) string {
 	tb.Helper()
+	return serveLoopback(tb, "Serve", Serve)
+}
+
+// serveLoopback runs serve on a loopback listener until the test ends,
+// and checks that it returns nil, within 10s, once its context is
+// canceled. It returns the listener's address.
+func serveLoopback(tb testing.TB, name string, serve func(context.Context, net.Listener) error) string {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, ln) }()
+	go func() { done <- serve(ctx, ln) }()
 	tb.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("Serve: %v", err)
+		select {
+		case err := <-done:
+			if err != nil {
+				tb.Errorf("%s: %v", name, err)
+			}
+		case <-time.After(10 * time.Second):
+			tb.Errorf("%s did not return 10s after its context was canceled", name)
 		}
 	})
 	return ln.Addr().String()

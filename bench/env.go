@@ -114,19 +114,24 @@ func (e *env) setupKernel(mtu int) error {
 		return err
 	}
 	c, s := ns[0], ns[1]
-	v, err := testbed.Veth(c, s, []netip.Prefix{netip.MustParsePrefix("198.18.0.2/24")},
-		[]netip.Prefix{netip.MustParsePrefix(serverAddr + "/24")})
-	if err != nil {
-		return err
-	}
-	if err := c.SetMTU(v.A, mtu); err != nil {
-		return err
-	}
-	if err := s.SetMTU(v.B, mtu); err != nil {
+	if err := vethMTU(c, s, "198.18.0.2/24", serverAddr+"/24", mtu); err != nil {
 		return err
 	}
 	e.client, e.server = c, s
 	return nil
+}
+
+// vethMTU joins a and b with a veth pair, addrA on a's end and addrB on
+// b's, both ends at mtu.
+func vethMTU(a, b *testbed.Netns, addrA, addrB string, mtu int) error {
+	v, err := testbed.Veth(a, b, []netip.Prefix{netip.MustParsePrefix(addrA)}, []netip.Prefix{netip.MustParsePrefix(addrB)})
+	if err != nil {
+		return err
+	}
+	if err := a.SetMTU(v.A, mtu); err != nil {
+		return err
+	}
+	return b.SetMTU(v.B, mtu)
 }
 
 // hostWithServerAddr makes the host namespace with serverAddr on lo.
@@ -181,15 +186,7 @@ func (e *env) setupProxy(mtu int) error {
 	if err != nil {
 		return err
 	}
-	v, err := testbed.Veth(c, h, []netip.Prefix{netip.MustParsePrefix("198.18.2.2/24")},
-		[]netip.Prefix{netip.MustParsePrefix(proxyAddr + "/24")})
-	if err != nil {
-		return err
-	}
-	if err := c.SetMTU(v.A, mtu); err != nil {
-		return err
-	}
-	if err := h.SetMTU(v.B, mtu); err != nil {
+	if err := vethMTU(c, h, "198.18.2.2/24", proxyAddr+"/24", mtu); err != nil {
 		return err
 	}
 	e.client, e.server = c, h

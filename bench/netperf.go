@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"slices"
-	"sync"
 	"time"
 )
 
@@ -22,57 +21,20 @@ const (
 // Serve accepts connections on ln and answers the RR/CRR protocol until ctx
 // is done or ln fails. It closes ln and waits for its connections.
 func Serve(ctx context.Context, ln net.Listener) error {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	var mu sync.Mutex
-	conns := map[net.Conn]struct{}{}
-	stop := context.AfterFunc(ctx, func() {
-		ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for c := range conns {
-			c.Close()
+	return serveConns(ctx, ln, func(_ *connSet, c net.Conn) {
+		var b [1]byte
+		for {
+			if _, err := io.ReadFull(c, b[:]); err != nil {
+				return
+			}
+			if _, err := c.Write(b[:]); err != nil {
+				return
+			}
+			if b[0] == crrByte {
+				return
+			}
 		}
 	})
-	defer stop()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
-		}
-		mu.Lock()
-		conns[c] = struct{}{}
-		mu.Unlock()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() {
-				mu.Lock()
-				delete(conns, c)
-				mu.Unlock()
-				c.Close()
-			}()
-			var b [1]byte
-			for {
-				if _, err := io.ReadFull(c, b[:]); err != nil {
-					return
-				}
-				if _, err := c.Write(b[:]); err != nil {
-					return
-				}
-				if b[0] == crrByte {
-					return
-				}
-			}
-		}()
-	}
 }
 
 // RRResult is one request/response run: like netperf TCP_RR, one

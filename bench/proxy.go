@@ -2,10 +2,8 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
-	"sync"
 	"time"
 )
 
@@ -21,73 +19,25 @@ import (
 // until ctx is done or ln fails, then closes ln and every connection and
 // waits for its goroutines.
 func Proxy(ctx context.Context, ln net.Listener, target string) error {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	var mu sync.Mutex
-	conns := map[net.Conn]struct{}{}
-	track := func(c net.Conn) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		if ctx.Err() != nil {
-			return false
-		}
-		conns[c] = struct{}{}
-		return true
-	}
-	untrack := func(c net.Conn) {
-		mu.Lock()
-		delete(conns, c)
-		mu.Unlock()
-		c.Close()
-	}
-	stop := context.AfterFunc(ctx, func() {
-		ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for c := range conns {
-			c.Close()
-		}
-	})
-	defer stop()
 	d := net.Dialer{Timeout: 5 * time.Second}
-	for {
-		c, err := ln.Accept()
+	return serveConns(ctx, ln, func(set *connSet, c net.Conn) {
+		s, err := d.DialContext(ctx, "tcp", target)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			return err
+			return
 		}
-		if !track(c) {
-			c.Close()
-			return nil
+		if !set.add(s) {
+			s.Close()
+			return
 		}
-		wg.Add(1)
+		defer set.close(s)
+		up := make(chan struct{})
 		go func() {
-			defer wg.Done()
-			defer untrack(c)
-			s, err := d.DialContext(ctx, "tcp", target)
-			if err != nil {
-				return
-			}
-			if !track(s) {
-				s.Close()
-				return
-			}
-			defer untrack(s)
-			up := make(chan struct{})
-			go func() {
-				defer close(up)
-				pipeHalf(s, c)
-			}()
-			pipeHalf(c, s)
-			<-up
+			defer close(up)
+			pipeHalf(s, c)
 		}()
-	}
+		pipeHalf(c, s)
+		<-up
+	})
 }
 
 // pipeHalf copies src to dst until EOF or an error, then shuts down dst's

@@ -10,29 +10,12 @@ import (
 	"time"
 )
 
-// startProxy relays a loopback listener to target until the test ends,
-// and checks that Proxy returns nil once its context is canceled.
+// startProxy relays a loopback listener to target until the test ends.
 func startProxy(tb testing.TB, target string) string {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Proxy(ctx, ln, target) }()
-	tb.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				tb.Errorf("Proxy: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			tb.Errorf("Proxy did not return 10s after its context was canceled")
-		}
+	return serveLoopback(tb, "Proxy", func(ctx context.Context, ln net.Listener) error {
+		return Proxy(ctx, ln, target)
 	})
-	return ln.Addr().String()
 }
 
 // TestProxyRRAndCRR runs the netperf protocol through the relay: CRR's

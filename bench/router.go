@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"time"
 
 	"github.com/nsappliance/appliance/internal/testbed"
@@ -34,14 +33,7 @@ func (e *env) setupKernelRouter(mtu int) error {
 		{c, r, routerClientAddr + "/24", "10.1.0.2/24"},
 		{r, s, "10.2.0.2/24", routerServerAddr + "/24"},
 	} {
-		v, err := testbed.Veth(l.a, l.b, []netip.Prefix{netip.MustParsePrefix(l.addrA)}, []netip.Prefix{netip.MustParsePrefix(l.addrB)})
-		if err != nil {
-			return err
-		}
-		if err := l.a.SetMTU(v.A, mtu); err != nil {
-			return err
-		}
-		if err := l.b.SetMTU(v.B, mtu); err != nil {
+		if err := vethMTU(l.a, l.b, l.addrA, l.addrB, mtu); err != nil {
 			return err
 		}
 	}

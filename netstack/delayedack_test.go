@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -22,16 +23,9 @@ func TestDelayedAckPingPong(t *testing.T) {
 	p.drain()
 	delayed := func() uint64 { return s.Stats().TCP.DelayedAcks.Value() }
 
-	// request sends one byte and waits until the application has it.
 	request := func(b byte) {
 		t.Helper()
-		p.send(header.TCPFlagAck|header.TCPFlagPsh, p.sndNxt, []byte{b})
-		p.sndNxt++
-		var got [1]byte
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Read(got[:]); err != nil || got[0] != b {
-			t.Fatalf("read %q, %v; want %q", got[0], err, b)
-		}
+		sendRequest(t, p, c, b)
 	}
 	// answer writes one byte and returns the segments the peer got up to
 	// and including the one that carries it.
@@ -113,13 +107,7 @@ func TestDelayedAckTimerAfterReset(t *testing.T) {
 	p.drain()
 	exchange := func(b byte) {
 		t.Helper()
-		p.send(header.TCPFlagAck|header.TCPFlagPsh, p.sndNxt, []byte{b})
-		p.sndNxt++
-		var got [1]byte
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Read(got[:]); err != nil || got[0] != b {
-			t.Fatalf("read %q, %v; want %q", got[0], err, b)
-		}
+		sendRequest(t, p, c, b)
 		if b == 'b' {
 			return // left unanswered: the delayed ACK is armed
 		}
@@ -163,6 +151,19 @@ func TestDelayedAckTimerAfterReset(t *testing.T) {
 	if pkt := ep.Read(); pkt != nil {
 		pkt.DecRef()
 		t.Error("a segment was sent on the reset connection after the timer fired")
+	}
+}
+
+// sendRequest sends one byte from p and waits until the application
+// reading c has it.
+func sendRequest(t *testing.T, p *rawPeer, c net.Conn, b byte) {
+	t.Helper()
+	p.send(header.TCPFlagAck|header.TCPFlagPsh, p.sndNxt, []byte{b})
+	p.sndNxt++
+	var got [1]byte
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(got[:]); err != nil || got[0] != b {
+		t.Fatalf("read %q, %v; want %q", got[0], err, b)
 	}
 }
 
