@@ -146,13 +146,21 @@ func (e *env) hostWithServerAddr() (*testbed.Netns, error) {
 	return h, nil
 }
 
+// hostAndContainer makes the host namespace (hostWithServerAddr) and the
+// container's.
+func (e *env) hostAndContainer() (h, c *testbed.Netns, err error) {
+	if h, err = e.hostWithServerAddr(); err != nil {
+		return nil, nil, err
+	}
+	if c, err = e.netns("c"); err != nil {
+		return nil, nil, err
+	}
+	return h, c, nil
+}
+
 // setupAppliance: container -tun(mtu)-> appliance in host -> lo.
 func (e *env) setupAppliance(cfg *Config, mtu int) error {
-	h, err := e.hostWithServerAddr()
-	if err != nil {
-		return err
-	}
-	c, err := e.netns("c")
+	h, c, err := e.hostAndContainer()
 	if err != nil {
 		return err
 	}
@@ -178,11 +186,7 @@ const proxyAddr = "198.18.2.1"
 // proxy`, Proxy) in host -> lo. The container dials proxyAddr, the relay
 // dials serverAddr on the same port; the servers listen on serverAddr only.
 func (e *env) setupProxy(mtu int) error {
-	h, err := e.hostWithServerAddr()
-	if err != nil {
-		return err
-	}
-	c, err := e.netns("c")
+	h, c, err := e.hostAndContainer()
 	if err != nil {
 		return err
 	}
@@ -259,11 +263,7 @@ func (e *env) setupPasta(ctx context.Context, mtu int) error {
 
 // setupSlirp: container -tap(mtu)-> slirp4netns in host -> lo.
 func (e *env) setupSlirp(ctx context.Context, mtu int) error {
-	h, err := e.hostWithServerAddr()
-	if err != nil {
-		return err
-	}
-	c, err := e.netns("c")
+	h, c, err := e.hostAndContainer()
 	if err != nil {
 		return err
 	}
