@@ -73,7 +73,15 @@ func TestRejectAtOutput(t *testing.T) {
 			if c, err := net.DialTimeout("tcp", n.gw.PublishAddrs()[0].String(), 5*time.Second); err == nil {
 				defer c.Close()
 			}
-			waitFor(t, 30*time.Second, "publish failure", func() bool { return n.gw.Counters()["publish_failures"] == 1 })
+			// The failure is counted, then logged: wait for both (the
+			// log record came after the check 1 run in about 30 under
+			// -race).
+			waitFor(t, 30*time.Second, "publish failure counted and logged", func() bool {
+				mu.Lock()
+				logged := len(errs) > 0
+				mu.Unlock()
+				return logged && n.gw.Counters()["publish_failures"] == 1
+			})
 			mu.Lock()
 			defer mu.Unlock()
 			if len(errs) != 1 || !strings.Contains(errs[0], tc.wantErr) {
