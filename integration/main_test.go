@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -140,12 +141,19 @@ func newTopo(t *testing.T, o topoOpts) *topo {
 // startIperf3 runs an iperf3 server on iperfPort in ns until the test ends.
 func startIperf3(t testing.TB, ns *testbed.Netns) *testbed.Proc {
 	t.Helper()
-	p, err := ns.Start("iperf3", "-s", "-p", fmt.Sprint(iperfPort))
+	return startIperf3Port(t, ns, iperfPort)
+}
+
+// startIperf3Port is startIperf3 on another port (one iperf3 server runs
+// one test at a time).
+func startIperf3Port(t testing.TB, ns *testbed.Netns, port int) *testbed.Proc {
+	t.Helper()
+	p, err := ns.Start("iperf3", "-s", "-p", fmt.Sprint(port))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Kill)
-	if err := ns.WaitListen("tcp", iperfPort, 5*time.Second); err != nil {
+	if err := ns.WaitListen("tcp", port, 5*time.Second); err != nil {
 		t.Fatalf("%v\niperf3 stderr: %s", err, p.Stderr())
 	}
 	return p
@@ -230,10 +238,16 @@ func startHelper(t testing.TB, ns *testbed.Netns, mode string, args ...string) *
 	return p
 }
 
-// runHelper runs a helper client in ns and returns its stdout.
-func runHelper(ctx context.Context, ns *testbed.Netns, mode string, args ...string) (string, error) {
+// helperCommand is the command that runs a helper client in ns.
+func helperCommand(ctx context.Context, ns *testbed.Netns, mode string, args ...string) *exec.Cmd {
 	cmd := ns.Command(ctx, selfBin, append([]string{"helper", mode}, args...)...)
 	cmd.Env = append(os.Environ(), helperEnv+"=1")
+	return cmd
+}
+
+// runHelper runs a helper client in ns and returns its stdout.
+func runHelper(ctx context.Context, ns *testbed.Netns, mode string, args ...string) (string, error) {
+	cmd := helperCommand(ctx, ns, mode, args...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -28,7 +28,13 @@ const (
 // test failed).
 func startRouter(t testing.TB, host, a, b *testbed.Netns, args ...string) *testbed.Appliance {
 	t.Helper()
-	app, err := testbed.StartMode(applianceBin, host, "router", append(append([]string{"--name", testbed.UniqueName("itr")}, args...), a.Path, b.Path)...)
+	return startRouterBin(t, applianceBin, host, a, b, args...)
+}
+
+// startRouterBin is startRouter with another build of the appliance.
+func startRouterBin(t testing.TB, bin string, host, a, b *testbed.Netns, args ...string) *testbed.Appliance {
+	t.Helper()
+	app, err := testbed.StartMode(bin, host, "router", append(append([]string{"--name", testbed.UniqueName("itr")}, args...), a.Path, b.Path)...)
 	if err != nil {
 		t.Fatal(err)
 	}
