@@ -53,3 +53,38 @@ func pipeHalf(dst, src net.Conn) {
 		_ = cw.CloseWrite()
 	}
 }
+
+// ProxyPair is one relay of ProxyServe: connections to Listen go to
+// Target.
+type ProxyPair struct{ Listen, Target string }
+
+// ProxyServe listens on every pair's Listen address (closing those it
+// opened if one fails) and relays each with Proxy until ctx is done or a
+// listener fails, which ends the others too. It returns the first error.
+func ProxyServe(ctx context.Context, pairs []ProxyPair) error {
+	lns := make([]net.Listener, 0, len(pairs))
+	for _, p := range pairs {
+		ln, err := net.Listen("tcp", p.Listen)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return err
+		}
+		lns = append(lns, ln)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(pairs))
+	for i, p := range pairs {
+		go func() { errs <- Proxy(ctx, lns[i], p.Target) }()
+	}
+	var first error
+	for range pairs {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	return first
+}

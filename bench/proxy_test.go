@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
@@ -76,8 +77,8 @@ func TestProxyHalfClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(<-got) != "half" || string(answer) != "HALF" {
-		t.Errorf("server read %q... client read %q; want \"half\" and \"HALF\"", "half", answer)
+	if sent := <-got; string(sent) != "half" || string(answer) != "HALF" {
+		t.Errorf("server read %q, client read %q; want \"half\" and \"HALF\"", sent, answer)
 	}
 }
 
@@ -112,4 +113,32 @@ func TestProxyRefusedAndNoLeak(t *testing.T) {
 	if n := runtime.NumGoroutine(); n > before+2 {
 		t.Errorf("%d goroutines after 20 refused relays, %d before", n, before)
 	}
+}
+
+// TestProxyServeListenFails: when one pair cannot listen, ProxyServe
+// returns that error and leaves none of the others listening.
+func TestProxyServeListenFails(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	freeAddr := free.Addr().String()
+	free.Close()
+	err = ProxyServe(context.Background(), []ProxyPair{
+		{Listen: freeAddr, Target: busy.Addr().String()},
+		{Listen: busy.Addr().String(), Target: freeAddr},
+	})
+	if err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("ProxyServe with a busy address = %v, want address already in use", err)
+	}
+	ln, err := net.Listen("tcp", freeAddr)
+	if err != nil {
+		t.Fatalf("the first pair's address is still taken after the failure: %v", err)
+	}
+	ln.Close()
 }

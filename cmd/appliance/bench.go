@@ -251,41 +251,17 @@ func newNetperfCmd() *cobra.Command {
 		Short: "relay TCP connections from each LISTEN address to its TARGET until SIGINT/SIGTERM",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			type pair struct {
-				ln     net.Listener
-				target string
-			}
-			var pairs []pair
-			defer func() {
-				for _, p := range pairs {
-					p.ln.Close()
-				}
-			}()
+			var pairs []bench.ProxyPair
 			for _, a := range args {
 				listen, target, ok := strings.Cut(a, "=")
 				if !ok || listen == "" || target == "" {
 					return usagef("proxy %q: want LISTEN=TARGET, like 127.0.0.1:8080=192.0.2.1:80", a)
 				}
-				ln, err := net.Listen("tcp", listen)
-				if err != nil {
-					return err
-				}
-				pairs = append(pairs, pair{ln, target})
+				pairs = append(pairs, bench.ProxyPair{Listen: listen, Target: target})
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			errs := make(chan error, len(pairs))
-			for _, p := range pairs {
-				go func() { errs <- bench.Proxy(ctx, p.ln, p.target) }()
-			}
-			var first error
-			for range pairs {
-				if err := <-errs; err != nil && first == nil {
-					first = err
-					stop() // one listener failed: end the others too
-				}
-			}
-			return first
+			return bench.ProxyServe(ctx, pairs)
 		},
 	})
 	var holdN, holdPar int

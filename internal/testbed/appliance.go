@@ -56,7 +56,8 @@ func build(ctx context.Context, pkg, out string, race bool) error {
 	if race {
 		args, cgo = append(args, "-race"), "CGO_ENABLED=1"
 	}
-	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
+	args = append(args, pkg)
+	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = root
 	var flags []string
 	for _, f := range strings.Fields(os.Getenv("GOFLAGS")) {
